@@ -1,0 +1,5 @@
+import sys
+
+from evstack.cli import main
+
+sys.exit(main())
