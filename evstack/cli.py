@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "hw_profiles.cli",
     "firmware_sim.cli",
     "controller.cli",
+    "controller.export_cli",
     "scheduler.cli",
     "evstack.demo",
 )
