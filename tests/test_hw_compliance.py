@@ -140,3 +140,15 @@ def test_json_report(capsys):
     assert all({"rule", "subject", "passed", "reason"} <= set(r) for r in doc["rules"])
     assert doc["subsidy"]["total_cny"] == doc["subsidy"]["province_cny"] * 2
     assert doc["tariff"]["note"] == "as reported, verify before billing"
+
+
+def test_a_dc_class_pile_with_an_ac_gun_fails(tmp_path, capsys):
+    extra = """
+[profiles.piles.odd]
+class = "distributed_dc"
+source = "test"
+guns = [{ kind = "AC", phases = 3, rated_kw = 21, voltage_min_v = 187, voltage_max_v = 253, current_max_a = 32 }]
+"""
+    path = station_file(tmp_path, "distributed", [("odd", "")], limit=100, extra=extra)
+    assert main(["check", str(path)]) == 1
+    assert "FAIL  pile P1 gun 1: a distributed DC pile needs distributed DC guns, got AC 3-phase" in capsys.readouterr().out
