@@ -297,6 +297,8 @@ class Store:
         self.url = shown_url
         self.schema = schema
         self._station_id: int | None = None
+        self._default_station_id: int | None = None
+        self._sample_sql: str | None = None
         self._station_name: str | None = None
         self._tariff_id: int | None = None
         self._price_category: str | None = None
@@ -442,10 +444,13 @@ class Store:
         """The bound station's id; before a sync, the ``default`` station (made on first use)."""
         if self._station_id is not None:
             return self._station_id
+        if self._default_station_id is not None:
+            return self._default_station_id
         sid = await conn.scalar(select(stations.c.id).where(stations.c.name == DEFAULT_STATION))
         if sid is None:  # insert-or-ignore: another writer may be making it at the same moment
             await conn.execute(_insert_ignore(self._dialect, stations).values(name=DEFAULT_STATION))
             sid = await conn.scalar(select(stations.c.id).where(stations.c.name == DEFAULT_STATION))
+        self._default_station_id = sid
         return sid
 
     def _scope(self, column):
@@ -541,12 +546,24 @@ class Store:
             return
         async with self._engine.begin() as conn:
             sid = await self._station(conn)
-            stmt = _insert_ignore(self._dialect, meter_samples)
-            await conn.execute(stmt, [
-                {"station_id": sid, "gun_id": r.gun_id, "t_s": float(r.t_s), "energy_wh": int(r.energy_wh),
-                 "power_kw": None if r.power_kw is None else float(r.power_kw),
-                 "soc_pct": None if r.soc_pct is None else float(r.soc_pct)}
+            # The hot path (every cycle, every gun): plain driver executemany of tuples. Building
+            # one parameter dict per row through Core costs about as much as SQLite itself.
+            await conn.exec_driver_sql(self._sample_insert_sql(conn), [
+                (sid, r.gun_id, float(r.t_s), int(r.energy_wh),
+                 None if r.power_kw is None else float(r.power_kw),
+                 None if r.soc_pct is None else float(r.soc_pct))
                 for r in rows])
+
+    def _sample_insert_sql(self, conn: AsyncConnection) -> str:
+        if self._sample_sql is None:
+            prep = conn.dialect.identifier_preparer
+            table = (f"{prep.quote_schema(self.schema)}." if self.schema else "") + prep.quote(meter_samples.name)
+            cols = ("station_id", "gun_id", "t_s", "energy_wh", "power_kw", "soc_pct")
+            style = {"qmark": "?", "format": "%s", "pyformat": "%s", "numeric": ":{n}", "numeric_dollar": "${n}"}
+            marks = ", ".join(style[conn.dialect.paramstyle].format(n=i + 1) for i in range(len(cols)))
+            self._sample_sql = (f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks}) "
+                                "ON CONFLICT DO NOTHING")
+        return self._sample_sql
 
     async def meter_samples(self, gun_id: str, from_s: float, to_s: float) -> list[MeterSample]:
         """A gun's samples with ``from_s <= t_s <= to_s`` (both ends included), in time order."""
