@@ -468,7 +468,7 @@ class PileModel:
         guns = self.guns
         # temperature, trips and faults
         for g in guns:
-            load = g.power_kw / g.rated_kw if g.rated_kw else 0.0
+            load = g.power_kw / self.gun_rating_kw(g)
             g.temperature_c = g.forced_temperature_c if g.forced_temperature_c is not None \
                 else AMBIENT_C + FULL_LOAD_RISE_C * min(load, 2.0)
             if g.temperature_c >= spec.trip_temp_c:

@@ -43,6 +43,9 @@ class UnitHandler(Protocol):
 
     def silent(self) -> bool: ...
 
+    def refused(self, address: int, words: list[int], code: int) -> None:
+        """A write pymodbus refused before reaching ``write`` (outside the register span)."""
+
 
 async def _action(handler: UnitHandler, fc: int, start: int, address: int, count: int,
                   regs: list[int], set_values) -> ExcCodes | None:
@@ -70,17 +73,29 @@ async def _no_such_unit(fc, start, address, count, regs, set_values):
 
 
 class _Tracer:
-    """Drops replies of silent units (communication drop), identified by the MBAP unit id."""
+    """Drops replies of silent units (communication drop), identified by the MBAP unit id;
+    reports writes beyond a unit's register span (pymodbus refuses them before the hook)."""
 
     def __init__(self, units: dict[int, UnitHandler]) -> None:
         self.units = units
 
-    def __call__(self, sending: bool, data: bytes) -> bytes:
+    def packet(self, sending: bool, data: bytes) -> bytes:
         if sending and len(data) > 6:
             h = self.units.get(data[6])
             if h is not None and h.silent():
                 return b""
         return data
+
+    def pdu(self, sending: bool, pdu):
+        try:
+            if not sending and pdu.function_code in _WRITE_FC:
+                h = self.units.get(pdu.dev_id)
+                regs = list(pdu.registers or [])
+                if h is not None and not h.silent() and regs and pdu.address + len(regs) > h.span_words:
+                    h.refused(pdu.address, regs, int(ExcCodes.ILLEGAL_ADDRESS))
+        except Exception:  # pragma: no cover - tracing must never break serving
+            log.exception("audit of a refused write failed")
+        return pdu
 
 
 class ModbusPileServer:
@@ -102,7 +117,8 @@ class ModbusPileServer:
         ]
         devices.append(SimDevice(id=0, simdata=[SimData(0, count=1, values=0, datatype=DataType.REGISTERS)],
                                  action=_no_such_unit))
-        server = ModbusTcpServer(devices, address=(self.host, self.requested_port), trace_packet=_Tracer(self.units))
+        tracer = _Tracer(self.units)
+        server = ModbusTcpServer(devices, address=(self.host, self.requested_port), trace_packet=tracer.packet, trace_pdu=tracer.pdu)
         try:
             await server.serve_forever(background=True)
         except RuntimeError:

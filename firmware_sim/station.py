@@ -64,6 +64,10 @@ class _PileUnit:
     def silent(self) -> bool:
         return self.model.comm_dropped
 
+    def refused(self, address: int, words: list[int], code: int) -> None:
+        self.station._audit(self.pile, [{"gun": None, "register": None, "address": address + i, "value": w,
+                                         "raw": [w], "code": code} for i, w in enumerate(words)])
+
 
 class SimulatedStation:
     """Every pile of ``station`` behind Modbus TCP, stepped on ``clock``. Use ``async with``.
