@@ -41,6 +41,7 @@ from hw_profiles.specs import PileInstance, StationSpec
 from .model import PileModel, SimError, Vehicle
 
 STATE_VERSION = 1
+_TICK_BATCH = 20  # piles stepped between two yields to the event loop
 
 
 class _PileUnit:
@@ -164,18 +165,26 @@ class SimulatedStation:
             self._audit_file = None
 
     async def _tick_loop(self) -> None:
+        # piles are stepped in small batches, yielding to the servers in between, so a tick of
+        # a large station never holds a Modbus reply for more than a few milliseconds
+        ids = list(self.models)
         while True:
-            await asyncio.sleep(self.tick_s)
-            self.advance()
+            t0 = asyncio.get_running_loop().time()
+            for i in range(0, len(ids), _TICK_BATCH):
+                for pid in ids[i: i + _TICK_BATCH]:
+                    self._sync(pid)
+                await asyncio.sleep(0)
+            self._persist()
+            spent = asyncio.get_running_loop().time() - t0
+            await asyncio.sleep(max(0.01, self.tick_s - spent))
 
     def advance(self) -> None:
         """Bring every pile up to the clock's present and persist moved meters."""
-        now = self.clock.now_s()
-        for pid, m in self.models.items():
-            dt_s = now - self._last_s[pid]
-            if dt_s > 0:
-                m.step(dt_s)
-                self._last_s[pid] = now
+        for pid in self.models:
+            self._sync(pid)
+        self._persist()
+
+    def _persist(self) -> None:
         if self.state_path is not None and (self._dirty or self._meters_moved()):
             self._save_state()
 
