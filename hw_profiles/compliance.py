@@ -48,47 +48,57 @@ def _r(rule, subject, ok, reason) -> RuleResult:
     return RuleResult(rule, subject, bool(ok), reason)
 
 
+@dataclass(frozen=True)
+class ClassRule:
+    """The per-gun rule of one hardware class: gun kind and phases, and a floor or a cap in kW."""
+
+    label: str
+    kind: GunKind
+    phases: int  # 0 for DC
+    min_kw: float | None = None
+    max_kw: float | None = None
+    combined_min_kw: float | None = None  # two guns on one vehicle
+
+
+CLASS_RULES = {
+    PileClass.BUS_DC: ClassRule("bus DC", GunKind.DC, 0, min_kw=BUS_GUN_MIN_KW, combined_min_kw=BUS_COMBINED_MIN_KW),
+    PileClass.LOGISTICS_DC: ClassRule("logistics DC", GunKind.DC, 0, min_kw=LOGISTICS_GUN_MIN_KW,
+                                      combined_min_kw=LOGISTICS_COMBINED_MIN_KW),
+    PileClass.DISTRIBUTED_DC: ClassRule("distributed DC", GunKind.DC, 0, max_kw=DISTRIBUTED_DC_MAX_KW),
+    PileClass.AC_THREE_PHASE: ClassRule("AC three-phase", GunKind.AC, 3, max_kw=AC_THREE_PHASE_MAX_KW),
+    PileClass.AC_SINGLE_PHASE: ClassRule("AC single-phase", GunKind.AC, 1, max_kw=AC_SINGLE_PHASE_MAX_KW),
+}
+
+
 def hardware_rules(station: StationSpec) -> list[RuleResult]:
     """Per pile and gun: the hardware class limits of the technical direction."""
     out: list[RuleResult] = []
     for pile in station.piles:
         spec = pile.spec
-        cls = spec.pile_class
-        rule = f"hardware.{cls.value}"
+        cr = CLASS_RULES[spec.pile_class]
+        rule = f"hardware.{spec.pile_class.value}"
         for no, gun in enumerate(spec.guns, start=1):
             subj = f"pile {pile.id} gun {no}"
-            if cls in (PileClass.BUS_DC, PileClass.LOGISTICS_DC, PileClass.DISTRIBUTED_DC) and gun.kind is not GunKind.DC:
-                out.append(_r(rule, subj, False, f"{CLASS_LABEL[cls]} with an AC gun"))
-                continue
-            if cls is PileClass.BUS_DC:
-                ok = gun.rated_kw >= BUS_GUN_MIN_KW
-                out.append(_r(rule, subj, ok, f"bus DC {gun.rated_kw:g} kW {'meets' if ok else 'is below'} the {BUS_GUN_MIN_KW:g} kW per-gun minimum"))
-            elif cls is PileClass.LOGISTICS_DC:
-                ok = gun.rated_kw >= LOGISTICS_GUN_MIN_KW
-                out.append(_r(rule, subj, ok, f"logistics DC {gun.rated_kw:g} kW {'meets' if ok else 'is below'} the {LOGISTICS_GUN_MIN_KW:g} kW per-gun minimum"))
-            elif cls is PileClass.DISTRIBUTED_DC:
-                ok = gun.rated_kw <= DISTRIBUTED_DC_MAX_KW
-                out.append(_r(rule, subj, ok, f"distributed DC {gun.rated_kw:g} kW {'is within' if ok else 'exceeds'} the {DISTRIBUTED_DC_MAX_KW:g} kW cap"))
-            elif cls is PileClass.AC_THREE_PHASE:
-                if gun.kind is not GunKind.AC or gun.phases != 3:
-                    out.append(_r(rule, subj, False, f"an AC three-phase pile needs a three-phase AC gun, got {gun.kind.value} {gun.phases or ''} phase"))
-                    continue
-                ok = gun.rated_kw <= AC_THREE_PHASE_MAX_KW
-                out.append(_r(rule, subj, ok, f"AC three-phase {gun.rated_kw:g} kW {'is within' if ok else 'exceeds'} the {AC_THREE_PHASE_MAX_KW:g} kW cap"))
-            elif cls is PileClass.AC_SINGLE_PHASE:
-                if gun.kind is not GunKind.AC or gun.phases != 1:
-                    out.append(_r(rule, subj, False, f"an AC single-phase pile needs a single-phase AC gun, got {gun.kind.value} {gun.phases or ''} phase"))
-                    continue
-                ok = gun.rated_kw <= AC_SINGLE_PHASE_MAX_KW
-                out.append(_r(rule, subj, ok, f"AC single-phase {gun.rated_kw:g} kW {'is within' if ok else 'exceeds'} the {AC_SINGLE_PHASE_MAX_KW:g} kW cap"))
-        if cls in (PileClass.BUS_DC, PileClass.LOGISTICS_DC) and len(spec.guns) >= 2:
-            need = BUS_COMBINED_MIN_KW if cls is PileClass.BUS_DC else LOGISTICS_COMBINED_MIN_KW
-            combined = spec.combined_max_kw if spec.combinable else 0.0
-            if not spec.combinable:
-                out.append(_r(rule, f"pile {pile.id}", False, f"two guns cannot combine on one vehicle; {need:g} kW on two guns is required"))
+            if gun.kind is not cr.kind or gun.phases != cr.phases:
+                got = f"{gun.kind.value}" + (f" {gun.phases}-phase" if gun.phases else "")
+                out.append(_r(rule, subj, False, f"a {CLASS_LABEL[spec.pile_class]} needs {cr.label} guns, got {got}"))
+            elif cr.min_kw is not None:
+                ok = gun.rated_kw >= cr.min_kw
+                out.append(_r(rule, subj, ok, f"{cr.label} {gun.rated_kw:g} kW {'meets' if ok else 'is below'} "
+                                              f"the {cr.min_kw:g} kW per-gun minimum"))
             else:
-                ok = combined >= need
-                out.append(_r(rule, f"pile {pile.id}", ok, f"two guns combined {combined:g} kW {'meets' if ok else 'is below'} the {need:g} kW minimum"))
+                ok = gun.rated_kw <= cr.max_kw
+                out.append(_r(rule, subj, ok, f"{cr.label} {gun.rated_kw:g} kW {'is within' if ok else 'exceeds'} "
+                                              f"the {cr.max_kw:g} kW cap"))
+        if cr.combined_min_kw is not None and len(spec.guns) >= 2:
+            need = cr.combined_min_kw
+            if not spec.combinable:
+                out.append(_r(rule, f"pile {pile.id}", False,
+                              f"two guns cannot combine on one vehicle; {need:g} kW on two guns is required"))
+            else:
+                ok = spec.combined_max_kw >= need
+                out.append(_r(rule, f"pile {pile.id}", ok, f"two guns combined {spec.combined_max_kw:g} kW "
+                                                           f"{'meets' if ok else 'is below'} the {need:g} kW minimum"))
     return out
 
 
