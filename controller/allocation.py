@@ -91,9 +91,9 @@ class AllocationProblem:
     """A batch of independent allocation problems as flat 1-D arrays.
 
     Per gun (all the same length): ``gun_node`` (int, parent node index), ``upper_kw``
-    (least of gun rating, vehicle acceptance, derating, schedule cap; ``inf`` allowed),
+    (least of gun rating, vehicle acceptance, derating, schedule cap; finite),
     ``min_kw`` (lowest power when on; 0 = may run at any level), ``ask_kw`` (what the
-    schedule asks; ``inf`` allowed), ``priority`` (int, lower = served first), ``weight``
+    schedule asks; finite), ``priority`` (int, lower = served first), ``weight``
     (> 0, share inside a class).
 
     Per node: ``node_parent`` (int, -1 for the root of each tree), ``node_limit_kw``
@@ -169,7 +169,7 @@ def _validate(a: dict[str, np.ndarray]) -> None:
         bad = np.isnan(v)
         if bad.any():
             raise ValueError(f"{name}[{_first(bad)}]: NaN")
-        if name in ("min_kw", "weight", "node_step_kw"):  # inf makes no sense here
+        if name != "node_limit_kw":  # only a node may be unlimited
             bad = np.isinf(v)
             if bad.any():
                 raise ValueError(f"{name}[{_first(bad)}]: infinite")
@@ -450,6 +450,7 @@ def allocate(problem: AllocationProblem, *, validate: bool = True) -> Allocation
             mn = np.where(has, np.ceil(mn / sd - 1e-9) * sd, mn)
     # A gun that cannot run within its own cap: 0 kW. Shed if it asked for something.
     cannot = cap < mn - _FIT_TOL_KW
+    bound_by[cap <= 0] = cap_code[cap <= 0]
     bound_by[cannot & (cap > 0)] = BOUND_SHED
     active = ~cannot & (cap > 0)
 
