@@ -28,7 +28,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from hw_profiles.registers import FaultBits, GunState
-from hw_profiles.specs import PileClass, StationKind, StationSpec, VehicleClass
+from hw_profiles.specs import GunKind, PileClass, StationKind, StationSpec, VehicleClass
 from hw_profiles.vehicle import energy_to_target_kwh
 
 from .allocation import AllocationProblem
@@ -90,13 +90,25 @@ class ValleyPolicy:
 
 
 def gun_bounds(gun: GunSnapshot, step_kw: float) -> tuple[float, float]:
-    """(upper_kw, min_kw) a gun may take now, from telemetry alone."""
+    """(upper_kw, min_kw) a gun may take now, from telemetry alone.
+
+    The BMS demand (``bms_demand_voltage_v`` x ``bms_demand_current_a``) bounds the gun, not
+    ``max_available_kw``, which also holds the pool share the *other* guns have now and would
+    freeze today's split of the pool; the pool is the pile node's limit instead. Under
+    temperature derating ``max_available_kw`` bounds the gun too.
+    """
     if gun.stale or gun.state not in ACTIVE_STATES or gun.fault_code & BLOCKING_FAULTS:
         return 0.0, 0.0
     rated = gun.rated_kw
-    avail = gun.max_available_kw
-    if gun.state is GunState.PREPARING and avail <= 0:
+    bms_kw = gun.bms_demand_voltage_v * gun.bms_demand_current_a / 1000.0
+    if gun.kind is GunKind.AC:
+        avail = gun.max_available_kw if gun.max_available_kw > 0 else rated
+    elif gun.state is GunState.PREPARING and bms_kw <= 0:
         avail = rated  # hold power ready for the end of the handshake
+    else:
+        avail = bms_kw
+    if gun.fault_code & FaultBits.DERATING:
+        avail = min(avail, gun.max_available_kw)
     if step_kw > 0:
         avail = math.ceil(avail / step_kw - 1e-9) * step_kw
     return max(0.0, min(rated, avail)), max(0.0, gun.min_kw)
