@@ -245,8 +245,8 @@ class ControlLoop:
             if prev == ps.status:
                 continue
             self._status[pid] = ps.status
-            if prev is None and ps.status == OFFLINE and ps.error is None:
-                continue
+            if prev is None and ps.status in (ONLINE, OFFLINE):
+                continue  # the runner printed the start-up state
             level = logging.INFO if ps.status == ONLINE else logging.WARNING
             log.log(level, "pile %s: %s%s", pid, ps.status, f" ({ps.error})" if ps.error and ps.status != ONLINE else "",
                     extra={"pile": pid, "status": ps.status})

@@ -105,7 +105,12 @@ class Identifier:
         return None
 
 
-async def run(cfg: RunConfig, stop: asyncio.Event | None = None, ready=None) -> int:
+async def run(cfg: RunConfig, stop: asyncio.Event | None = None, ready=None, clock=None) -> int:
+    """Run the controller until ``stop``, ``cfg.until_s`` or ``cfg.duration_s``; returns the exit code.
+
+    ``ready(loop)`` is called once control starts (tests); ``clock`` replaces the ScaledClock
+    made from ``cfg.speed``/``cfg.start_s`` (an in-process simulator's clock, in tests).
+    """
     from hw_profiles.clock import ScaledClock
     from hw_profiles.fleet import load_fleet
     from hw_profiles.station import load_station
@@ -138,7 +143,7 @@ async def run(cfg: RunConfig, stop: asyncio.Event | None = None, ready=None) -> 
     if not 1 <= validity_s <= 3600:
         raise InputError("--validity-s", None, f"must be 1..3600 s, got {validity_s}")
 
-    clock = ScaledClock(cfg.speed, cfg.start_s)
+    clock = clock or ScaledClock(cfg.speed, cfg.start_s)
     store = await Store.open(cfg.db)
     try:
         await store.sync_station(station, tariff)

@@ -25,6 +25,7 @@ the pile answers again.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from dataclasses import dataclass, field
 from typing import Callable
@@ -77,6 +78,8 @@ class SessionManager:
         self.open: dict[str, OpenSession] = {}
         self.refused: dict[str, int] = {}  # gun id -> pile meter start of the refused session
         self.bills: dict[object, object] = {}  # session id -> Bill of sessions closed by this process
+        self._period: str | None = None
+        self._new_period = False
 
     async def resume(self) -> int:
         """Load the sessions the store still has open (after a crash or restart)."""
@@ -98,6 +101,10 @@ class SessionManager:
         events: list[SessionEvent] = []
         samples = []
         t = snap.t_s
+        # A sample right after each tariff period change keeps the split by period accurate
+        # to one cycle's energy, with samples otherwise once a minute.
+        period = self.tariff.period_at(dt.datetime.fromtimestamp(t))
+        self._new_period, self._period = period != self._period, period
         for ps in snap.piles.values():
             if not ps.controllable:
                 continue
@@ -145,7 +152,7 @@ class SessionManager:
                 "charge_point": g.charge_point_id}))
             log.info("gun %s: session %s started (vin %s, vehicle %s, meter %d Wh)",
                      g.gun_id, sid, g.vin or "-", vehicle_id or "-", pile_start_wh)
-        if s is not None and t - s.last_sample_s >= SAMPLE_PERIOD_S:
+        if s is not None and (t - s.last_sample_s >= SAMPLE_PERIOD_S or self._new_period):
             samples.append(MeterSample(g.gun_id, t, int(g.energy_wh), float(g.power_kw), float(g.soc_pct)))
             s.last_sample_s = t
         return out
