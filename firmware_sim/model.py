@@ -54,9 +54,10 @@ class SimError(ValueError):
     ``field`` names the offending argument, so the HTTP API can say which one.
     """
 
-    def __init__(self, field_name: str, reason: str) -> None:
+    def __init__(self, field_name: str, reason: str, *, conflict: bool = False) -> None:
         self.field = field_name
         self.reason = reason
+        self.conflict = conflict  # valid request, wrong moment (gun occupied, nothing plugged in)
         super().__init__(f"{field_name}: {reason}")
 
 
@@ -217,9 +218,9 @@ class PileModel:
             guns.append(self.guns[other_no - 1])
         for x in guns:
             if x.vehicle is not None or x.paired_gun:
-                raise SimError("gun_no", f"gun {x.no} of pile {self.pile_id} is occupied")
+                raise SimError("gun_no", f"gun {x.no} of pile {self.pile_id} is occupied", conflict=True)
             if x.out_of_service:
-                raise SimError("gun_no", f"gun {x.no} of pile {self.pile_id} is out of service")
+                raise SimError("gun_no", f"gun {x.no} of pile {self.pile_id} is out of service", conflict=True)
         lead = min(guns, key=lambda x: x.no)
         if combined:
             other = max(guns, key=lambda x: x.no)
@@ -238,7 +239,7 @@ class PileModel:
         if g.paired_gun and not g.lead:
             g = self.guns[g.paired_gun - 1]
         if g.vehicle is None:
-            raise SimError("gun_no", f"nothing is plugged into gun {gun_no} of pile {self.pile_id}")
+            raise SimError("gun_no", f"nothing is plugged into gun {gun_no} of pile {self.pile_id}", conflict=True)
         if g.session_end_wh is None:
             g.session_end_wh = g.meter_wh
         if g.paired_gun:
@@ -257,7 +258,7 @@ class PileModel:
         if g.paired_gun and not g.lead:
             g = self.guns[g.paired_gun - 1]
         if g.vehicle is None:
-            raise SimError("gun_no", f"nothing is plugged into gun {gun_no} of pile {self.pile_id}")
+            raise SimError("gun_no", f"nothing is plugged into gun {gun_no} of pile {self.pile_id}", conflict=True)
         g.vehicle.paused = bool(paused)
         self._update(0.0)
 
@@ -265,7 +266,7 @@ class PileModel:
         """Take a gun out of service (UNAVAILABLE) or back."""
         g = self.gun(gun_no)
         if not in_service and (g.vehicle is not None or g.paired_gun):
-            raise SimError("gun_no", f"gun {gun_no} is in use; unplug first")
+            raise SimError("gun_no", f"gun {gun_no} is in use; unplug first", conflict=True)
         g.out_of_service = not in_service
         self._update(0.0)
 
