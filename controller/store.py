@@ -266,6 +266,9 @@ def _normalize_url(url: str | os.PathLike | None) -> tuple[URL, str | None]:
         raise InputError("--db", None, f"{raw!r} is not a database URL (e.g. evstack.db, "
                          "sqlite:///path.db, postgresql://user@host:5432/db)") from None
     backend = u.get_backend_name()
+    if backend not in ("sqlite", "postgresql", "postgres"):
+        raise InputError("--db", None, f"unsupported database kind {backend!r} in {u.render_as_string(hide_password=True)!r} "
+                         "(use an SQLite file or a postgresql:// URL)")
     if backend == "sqlite":
         u = u.set(drivername="sqlite+aiosqlite")
     elif backend in ("postgresql", "postgres") and "+" not in u.drivername:  # no driver named: asyncpg
@@ -311,7 +314,7 @@ class Store:
         Raises ``InputError("--db", None, reason)`` when the database cannot be opened.
         """
         u, schema = _normalize_url(url)
-        shown = u.render_as_string(hide_password=True)
+        shown = u.render_as_string(hide_password=True) + (f" (schema {schema})" if schema else "")
         backend = u.get_backend_name()
         kwargs: dict[str, Any] = {}
         if backend == "sqlite":
@@ -326,7 +329,7 @@ class Store:
                     raise InputError("--db", None, f"{db}: is a directory, expected a database file")
                 if not path.parent.exists():
                     raise InputError("--db", None, f"{db}: directory {str(path.parent)!r} does not exist")
-        elif u.get_driver_name() == "asyncpg" and "timeout" not in u.query:
+        elif u.drivername == "postgresql+asyncpg" and "timeout" not in u.query:
             kwargs["connect_args"] = {"timeout": 10}
         try:
             engine = create_async_engine(u, **kwargs)
@@ -367,6 +370,14 @@ class Store:
 
     async def close(self) -> None:
         await self._engine.dispose()
+
+    async def drop_all(self) -> None:
+        """Drop evstack's tables (and the ``?schema=`` schema, if any): for tests and scratch databases."""
+        async with self._engine.begin() as conn:
+            await conn.run_sync(metadata.drop_all)
+            if self.schema:
+                quoted = conn.dialect.identifier_preparer.quote_schema(self.schema)
+                await conn.execute(text(f"DROP SCHEMA IF EXISTS {quoted} CASCADE"))
 
     async def __aenter__(self) -> "Store":
         return self
