@@ -243,6 +243,8 @@ class _Tree:
             root[nd] = root[parent[nd]]
         self.root = root
         self.pre = self._preorder()
+        # Nodes of one depth in pre-order: their gun slices then come in ascending order.
+        self.by_depth = [nd[np.argsort(self.pre[nd])] for nd in self.by_depth]
 
     def _preorder(self) -> np.ndarray:
         n, parent, size = self.n, self.parent, self.size
@@ -270,14 +272,17 @@ class _Tree:
         return pre
 
     def chain(self, nodes: np.ndarray) -> np.ndarray:
-        """Ancestors of ``nodes`` (self first), shape (len, max_depth + 1), padded with ``n``
+        """Ancestors of ``nodes`` (self included), shape (len, max_depth + 1), column d holding
+        the ancestor at depth d, so a node only ever appears in one column; padded with ``n``
         (a dummy node whose headroom is always infinite)."""
         out = np.full((nodes.size, self.max_depth + 1), self.n, np.int64)
         cur = nodes.astype(np.int64)
-        for j in range(self.max_depth + 1):
-            ok = cur >= 0
-            out[ok, j] = cur[ok]
-            cur = np.where(ok, self.parent[np.where(ok, cur, 0)], -1)
+        rows = np.arange(nodes.size)
+        while rows.size:
+            out[rows, self.depth[cur]] = cur
+            up = self.parent[cur]
+            keep = up >= 0
+            rows, cur = rows[keep], up[keep]
         return out
 
 
@@ -300,6 +305,8 @@ class _Block:
             self.nodes.append(nd[keep])
             self.lo.append(lo[keep])
             self.hi.append(hi[keep])
+        self.tiles = [lo.size > 0 and lo[0] == 0 and hi[-1] == self.n and bool(np.all(lo[1:] == hi[:-1]))
+                      for lo, hi in zip(self.lo, self.hi)]
 
     def seg_sum(self, v: np.ndarray, d: int) -> np.ndarray:
         """Sum of ``v`` (block order) over each slice at depth d; exact per slice (no global
@@ -307,10 +314,13 @@ class _Block:
         lo, hi = self.lo[d], self.hi[d]
         if lo.size == 0:
             return np.zeros(0)
-        vv = np.append(v, 0.0)  # reduceat needs hi < len
+        if self.tiles[d]:  # slices cover the block end to end: one index per slice
+            return np.add.reduceat(v, lo)
         idx = np.empty(2 * lo.size, np.int64)
         idx[0::2], idx[1::2] = lo, hi
-        return np.add.reduceat(vv, idx)[0::2]
+        if hi[-1] == v.size:  # reduceat wants indices < len; the last slice runs to the end anyway
+            idx = idx[:-1]
+        return np.add.reduceat(v, idx)[0::2]
 
     def subtree_sums(self, v: np.ndarray) -> np.ndarray:
         """Per node (length tree.n + 1, last = dummy 0): sum of ``v`` over the block's guns below it."""
@@ -377,36 +387,79 @@ def _water_fill(blk: _Block, room: np.ndarray, d: np.ndarray, w: np.ndarray, bou
 
 
 def _greedy(site, keys, chain, unit, max_units, slack):
-    """Greedy packing in key order within each site: each item takes
-    ``t = min(max_units, floor((min slack over its ancestors + tol) / unit))`` units and the
-    ancestors' slack shrinks by ``t * unit``. Sites are independent, so item r of every site
-    is done in one vectorised round. ``slack`` (per node + dummy) is updated in place."""
+    """Greedy packing, in key order within each site: item i takes
+    ``t = min(max_units, floor((least slack over its ancestors + tol) / unit))`` units and its
+    ancestors' slack shrinks by ``t * unit``. ``slack`` (per node + dummy) is updated in place.
+
+    Done in rounds that each settle a whole run per site instead of one item: with every
+    undecided item tentatively taking all it wants, the items before the first one that
+    does not fit (grouped prefix sums per ancestor level) are exactly what the one-by-one
+    greedy would give them; the first misfit takes what is left; items that cannot take even
+    one unit of what is now left never will (slack only shrinks) and take 0. So rounds ~
+    the number of partial fits per site, not the number of items.
+    """
     k = site.size
-    taken = np.zeros(k)
     if k == 0:
-        return taken
-    order = np.lexsort(tuple(reversed(keys)) + (site,)) if keys else np.argsort(site, kind="stable")
+        return np.zeros(0)
+    order = np.lexsort(tuple(reversed(keys)) + (site,))
+    ch = chain[order]
+    u = unit[order]
+    mx = max_units[order]
+    full = mx * u
     s = site[order]
-    first = np.r_[True, s[1:] != s[:-1]]
-    start = np.maximum.accumulate(np.where(first, np.arange(k), 0))
-    rank = np.arange(k) - start
-    by_rank = order[np.argsort(rank, kind="stable")]
-    counts = np.bincount(rank)
-    pos = 0
-    for c in counts:
-        sel = by_rank[pos : pos + c]
-        pos += c
-        ch = chain[sel]
-        free = slack[ch].min(axis=1)
-        u = unit[sel]
-        t = np.minimum(max_units[sel], np.floor((free + _FIT_TOL_KW) / u))
-        t = np.maximum(t, 0.0)
-        taken[sel] = t
-        amount = t * u
-        for j in range(ch.shape[1]):
-            slack[ch[:, j]] -= amount
-    slack[-1] = np.inf
-    return taken
+    new = np.r_[True, s[1:] != s[:-1]]
+    sid = np.cumsum(new) - 1
+    ns = int(sid[-1]) + 1
+    pos = np.arange(k)
+    dummy = slack.size - 1
+    levels = []
+    for j in range(ch.shape[1]):
+        col = ch[:, j]
+        if np.all(col == dummy):
+            continue
+        pj = np.argsort(col, kind="stable")  # groups by ancestor, key order kept inside
+        cs = col[pj]
+        g0 = np.maximum.accumulate(np.where(np.r_[True, cs[1:] != cs[:-1]], pos, 0))
+        levels.append((j, pj, g0))
+    taken = np.zeros(k)
+    und = np.ones(k, bool)
+    while True:
+        vals = np.where(und, full, 0.0)
+        avail = np.full(k, np.inf)
+        for j, pj, g0 in levels:
+            v = vals[pj]
+            excl = np.cumsum(v) - v
+            pre = np.empty(k)
+            pre[pj] = excl - excl[g0]
+            np.minimum(avail, slack[ch[:, j]] - pre, out=avail)
+        fail = np.flatnonzero(und & (full > avail + _FIT_TOL_KW))
+        ff = np.full(ns, k)
+        if fail.size:
+            fs, first = np.unique(sid[fail], return_index=True)
+            ff[fs] = fail[first]
+            f = fail[first]
+        else:
+            f = fail
+        dec = und & (pos < ff[sid])
+        taken[dec] = mx[dec]
+        taken[f] = np.clip(np.floor((avail[f] + _FIT_TOL_KW) / u[f]), 0.0, mx[f])
+        dec[f] = True
+        und &= ~dec
+        di = np.flatnonzero(dec)
+        amt = taken[di] * u[di]
+        for j, _, _ in levels:
+            np.subtract.at(slack, ch[di, j], amt)
+        slack[-1] = np.inf
+        ui = np.flatnonzero(und)
+        if ui.size == 0:
+            break
+        hopeless = u[ui] > slack[ch[ui]].min(axis=1) + _FIT_TOL_KW
+        und[ui[hopeless]] = False  # taken stays 0
+        if not und.any():
+            break
+    out = np.empty(k)
+    out[order] = taken
+    return out
 
 
 # ----------------------------------------------------------------------------- allocate
@@ -547,7 +600,7 @@ def _allocate_class(tree, room, g, gun_node, cap, mn, w, step, setpoint, bound_b
             if below.size:
                 ch = tree.chain(gun_node[g[below]])
                 blocked = left[ch] < s[below][:, None] - _FIT_TOL_KW
-                first = np.argmax(blocked, axis=1)
+                first = blocked.shape[1] - 1 - np.argmax(blocked[:, ::-1], axis=1)  # deepest
                 bnd[below] = np.where(blocked.any(axis=1), ch[np.arange(below.size), first], BOUND_ASK)
             room[:] = left
             room[-1] = np.inf
