@@ -19,22 +19,25 @@ an independent plain-Python implementation of exactly these rules):
    A class only sees the headroom the classes before it left at every node
    (``limit - used``), so a lower class never reduces what a higher class gets.
 3. Inside a class, minimums first (admission): guns with ``mn > 0`` are taken in admission
-   order -- weight descending, then ``mn`` ascending, then parent node index, then ``cap``
-   ascending, then input position (this last key only separates guns equal in every field,
-   which are interchangeable) -- and each one is admitted if ``mn`` fits in the remaining
-   headroom of every ancestor node, which it then reserves; otherwise it is shed (0 kW,
-   ``BOUND_SHED``) and reserves nothing, so what it would have taken goes to the others.
+   order -- weight descending, then ``mn`` ascending, then the pre-order position of their
+   node (the node index when nodes are numbered depth-first; in general a depth-first walk,
+   roots and siblings by index), then ``cap`` ascending, then input position (this last key
+   only separates guns equal in every field, which are interchangeable) -- and each one is
+   admitted if ``mn`` fits in the remaining headroom of every ancestor node, which it then
+   reserves; otherwise it is shed (0 kW, ``BOUND_SHED``) and reserves nothing, so what it
+   would have taken goes to the others. (Guns under no over-subscribed node are admitted
+   without looking at the order: nothing can stop them.)
 4. Then weighted max-min water-filling of the power *above the minimums*: admitted gun i gets
    ``mn_i + min(cap_i - mn_i, w_i * L_i)`` where ``L_i`` is the lowest water level of the
    nodes above it; each node's level is the one at which its subtree exactly uses its
    remaining headroom (or infinite when it is not binding). Levels are computed bottom-up
    and exactly (no bisection), see :func:`_water_fill`.
 5. Module steps (only where a node has ``node_step_kw > 0``): stepped guns are rounded down
-   to a multiple of their step; then, with the unstepped guns still at their rule-4 share,
-   the stepped guns that can still take a whole step take them greedily, lowest fill level
-   ``(x - mn) / w`` first (ties: admission order), each as many whole steps as fit under every
-   ancestor; then the unstepped guns of the class are water-filled again (rule 4) over what
-   is left, with the stepped guns fixed.
+   to a multiple of their step (never below their minimum). Then, with the unstepped guns
+   still at their rule-4 share, passes in admission order give each stepped gun below its
+   cap one more step if it fits under every ancestor, until a pass gives none. Then the
+   unstepped guns of the class are water-filled again (rule 4) over what is left, with the
+   stepped guns fixed.
 
 Guarantees (checked by property tests against the oracle): every node's limit holds to
 ``LIMIT_TOL_KW``; ``0 <= setpoint <= cap``; a gun that runs is at or above its minimum; no gun
@@ -243,6 +246,8 @@ class _Tree:
             root[nd] = root[parent[nd]]
         self.root = root
         self.pre = self._preorder()
+        # Nodes of one depth in pre-order: their gun slices then come in ascending order.
+        self.by_depth = [nd[np.argsort(self.pre[nd])] for nd in self.by_depth]
 
     def _preorder(self) -> np.ndarray:
         n, parent, size = self.n, self.parent, self.size
@@ -270,14 +275,17 @@ class _Tree:
         return pre
 
     def chain(self, nodes: np.ndarray) -> np.ndarray:
-        """Ancestors of ``nodes`` (self first), shape (len, max_depth + 1), padded with ``n``
+        """Ancestors of ``nodes`` (self included), shape (len, max_depth + 1), column d holding
+        the ancestor at depth d, so a node only ever appears in one column; padded with ``n``
         (a dummy node whose headroom is always infinite)."""
         out = np.full((nodes.size, self.max_depth + 1), self.n, np.int64)
         cur = nodes.astype(np.int64)
-        for j in range(self.max_depth + 1):
-            ok = cur >= 0
-            out[ok, j] = cur[ok]
-            cur = np.where(ok, self.parent[np.where(ok, cur, 0)], -1)
+        rows = np.arange(nodes.size)
+        while rows.size:
+            out[rows, self.depth[cur]] = cur
+            up = self.parent[cur]
+            keep = up >= 0
+            rows, cur = rows[keep], up[keep]
         return out
 
 
@@ -300,6 +308,8 @@ class _Block:
             self.nodes.append(nd[keep])
             self.lo.append(lo[keep])
             self.hi.append(hi[keep])
+        self.tiles = [lo.size > 0 and lo[0] == 0 and hi[-1] == self.n and bool(np.all(lo[1:] == hi[:-1]))
+                      for lo, hi in zip(self.lo, self.hi)]
 
     def seg_sum(self, v: np.ndarray, d: int) -> np.ndarray:
         """Sum of ``v`` (block order) over each slice at depth d; exact per slice (no global
@@ -307,10 +317,13 @@ class _Block:
         lo, hi = self.lo[d], self.hi[d]
         if lo.size == 0:
             return np.zeros(0)
-        vv = np.append(v, 0.0)  # reduceat needs hi < len
+        if self.tiles[d]:  # slices cover the block end to end: one index per slice
+            return np.add.reduceat(v, lo)
         idx = np.empty(2 * lo.size, np.int64)
         idx[0::2], idx[1::2] = lo, hi
-        return np.add.reduceat(vv, idx)[0::2]
+        if hi[-1] == v.size:  # reduceat wants indices < len; the last slice runs to the end anyway
+            idx = idx[:-1]
+        return np.add.reduceat(v, idx)[0::2]
 
     def subtree_sums(self, v: np.ndarray) -> np.ndarray:
         """Per node (length tree.n + 1, last = dummy 0): sum of ``v`` over the block's guns below it."""
@@ -376,37 +389,80 @@ def _water_fill(blk: _Block, room: np.ndarray, d: np.ndarray, w: np.ndarray, bou
 # ----------------------------------------------------------------------------- greedy packing
 
 
-def _greedy(site, keys, chain, unit, max_units, slack):
-    """Greedy packing in key order within each site: each item takes
-    ``t = min(max_units, floor((min slack over its ancestors + tol) / unit))`` units and the
-    ancestors' slack shrinks by ``t * unit``. Sites are independent, so item r of every site
-    is done in one vectorised round. ``slack`` (per node + dummy) is updated in place."""
+def _greedy(site, ch, unit, max_units, slack):
+    """Greedy packing; items come in greedy order (sites may interleave, each site's items
+    are served in the order they appear). Item i takes
+    ``t = min(max_units, floor((least slack over its ancestors + tol) / unit))`` units and its
+    ancestors' slack shrinks by ``t * unit``. ``ch`` is the depth-aligned ancestor chain
+    (:meth:`_Tree.chain`); ``slack`` (per node + dummy) is updated in place.
+
+    Done in rounds that each settle a whole run per site instead of one item: with every
+    undecided item tentatively taking all it wants, the items before the first one that
+    does not fit (grouped prefix sums per ancestor level) get exactly what the one-by-one
+    greedy would give them; the first misfit takes what is left; items that cannot take even
+    one unit of what is now left never will (slack only shrinks) and take 0. So the number of
+    rounds is about the number of partial fits per site, not the number of items.
+    """
     k = site.size
     taken = np.zeros(k)
     if k == 0:
         return taken
-    order = np.lexsort(tuple(reversed(keys)) + (site,)) if keys else np.argsort(site, kind="stable")
-    s = site[order]
-    first = np.r_[True, s[1:] != s[:-1]]
-    start = np.maximum.accumulate(np.where(first, np.arange(k), 0))
-    rank = np.arange(k) - start
-    by_rank = order[np.argsort(rank, kind="stable")]
-    counts = np.bincount(rank)
-    pos = 0
-    for c in counts:
-        sel = by_rank[pos : pos + c]
-        pos += c
-        ch = chain[sel]
-        free = slack[ch].min(axis=1)
-        u = unit[sel]
-        t = np.minimum(max_units[sel], np.floor((free + _FIT_TOL_KW) / u))
-        t = np.maximum(t, 0.0)
-        taken[sel] = t
-        amount = t * u
+    full = max_units * unit
+    _, sid = np.unique(site, return_inverse=True)
+    ns = int(sid.max()) + 1
+    pos = np.arange(k)
+    levels = []
+    for j in range(ch.shape[1]):
+        col = ch[:, j]
+        tot = np.bincount(col, weights=full, minlength=slack.size)
+        if not np.any(tot[:-1] > slack[:-1] + _FIT_TOL_KW):
+            continue  # no node at this depth can run out: it never decides anything
+        pj = np.argsort(col * k + pos)  # grouped by ancestor, greedy order inside
+        cs = col[pj]
+        g0 = np.maximum.accumulate(np.where(np.r_[True, cs[1:] != cs[:-1]], pos, 0))
+        levels.append((j, pj, g0))
+    und = np.ones(k, bool)
+    while True:
+        vals = np.where(und, full, 0.0)
+        avail = np.full(k, np.inf)
+        for j, pj, g0 in levels:
+            v = vals[pj]
+            excl = np.cumsum(v) - v
+            pre = np.empty(k)
+            pre[pj] = excl - excl[g0]
+            np.minimum(avail, slack[ch[:, j]] - pre, out=avail)
+        fail = np.flatnonzero(und & (full > avail + _FIT_TOL_KW))
+        ff = np.full(ns, k)
+        if fail.size:
+            fs, first = np.unique(sid[fail], return_index=True)
+            f = fail[first]
+            ff[fs] = f
+        else:
+            f = fail
+        dec = und & (pos < ff[sid])
+        taken[dec] = max_units[dec]
+        taken[f] = np.clip(np.floor((avail[f] + _FIT_TOL_KW) / unit[f]), 0.0, max_units[f])
+        dec[f] = True
+        und &= ~dec
+        di = np.flatnonzero(dec)
+        amt = taken[di] * unit[di]
         for j in range(ch.shape[1]):
-            slack[ch[:, j]] -= amount
-    slack[-1] = np.inf
+            np.subtract.at(slack, ch[di, j], amt)
+        slack[-1] = np.inf
+        ui = np.flatnonzero(und)
+        if ui.size == 0:
+            break
+        hopeless = unit[ui] > slack[ch[ui]].min(axis=1) + _FIT_TOL_KW
+        und[ui[hopeless]] = False  # takes 0
+        if not und.any():
+            break
     return taken
+
+
+def _greedy_order(m: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Admission order of items given in block order: weight descending, then minimum
+    ascending, then block order (node pre-order, cap ascending, input position)."""
+    return np.lexsort((m, -w))
 
 
 # ----------------------------------------------------------------------------- allocate
@@ -459,9 +515,15 @@ def allocate(problem: AllocationProblem, *, validate: bool = True) -> Allocation
     # Guns sorted by (class, pre-order of node): every class is a block and inside it every
     # subtree a slice. Order among guns of one node does not matter to any rule.
     classes, cls = np.unique(prio, return_inverse=True)
+    # Inside a node: cap ascending, then input position; this block order is the last
+    # tie-break of admission (only guns equal in every field are left to input position).
     key = cls.astype(np.int64) * (n_n + 1) + tree.pre[gun_node]
     key = np.where(active, key, np.int64(len(classes)) * (n_n + 1))  # inactive last, skipped
-    order = np.argsort(key) if np.any(key[1:] < key[:-1]) else np.arange(n_g)
+    dk = key[1:] - key[:-1]
+    if np.all((dk > 0) | ((dk == 0) & (cap[1:] >= cap[:-1]))):
+        order = np.arange(n_g)  # already in block order (as the controller builds arrays)
+    else:
+        order = np.lexsort((cap, key))
     ks = key[order]
     bounds = np.searchsorted(ks, np.arange(len(classes) + 1) * (n_n + 1))
     for c in range(len(classes)):
@@ -498,9 +560,9 @@ def _allocate_class(tree, room, g, gun_node, cap, mn, w, step, setpoint, bound_b
             slack = room - blk.subtree_sums(sure)
             slack[-1] = np.inf
             ci = np.flatnonzero(contested)
+            ci = ci[_greedy_order(m[ci], ww[ci])]
             gi = g[ci]
-            keys = [-ww[ci], m[ci], gun_node[gi], c[ci], gi]
-            t = _greedy(site[ci], keys, tree.chain(gun_node[gi]), m[ci], np.ones(ci.size), slack)
+            t = _greedy(site[ci], tree.chain(gun_node[gi]), m[ci], np.ones(ci.size), slack)
             shed = t < 1
             admitted[ci[shed]] = False
             bound_by[gi[shed]] = BOUND_SHED
@@ -525,15 +587,19 @@ def _allocate_class(tree, room, g, gun_node, cap, mn, w, step, setpoint, bound_b
             # back what rounding took from them, not their neighbours' share.
             slack = room - blk.subtree_sums(x)
             slack[-1] = np.inf
+            # One step per gun per pass, in admission order, until a pass gives no step.
             cand = np.flatnonzero(stepped & (x < c - _FIT_TOL_KW))
-            if cand.size:
-                gi = g[cand]
-                ch = tree.chain(gun_node[gi])
-                level = (x[cand] - fixed[cand]) / ww[cand]
-                keys = [level, -ww[cand], m[cand], gun_node[gi], c[cand], gi]
-                units = np.floor((c[cand] - x[cand]) / s[cand] + 1e-9)
-                t = _greedy(site[cand], keys, ch, s[cand], units, slack)
+            cand = cand[_greedy_order(m[cand], ww[cand])]
+            ch = tree.chain(gun_node[g[cand]])
+            while cand.size:
+                fits = s[cand] <= slack[ch].min(axis=1) + _FIT_TOL_KW
+                cand, ch = cand[fits], ch[fits]
+                if not cand.size:
+                    break
+                t = _greedy(site[cand], ch, s[cand], np.ones(cand.size), slack)
                 x[cand] += t * s[cand]
+                more = (t > 0) & (x[cand] < c[cand] - _FIT_TOL_KW)
+                cand, ch = cand[more], ch[more]
             # Refill the unstepped guns around the now fixed stepped ones.
             fixed2 = np.where(stepped, x, fixed)
             inc2 = np.where(stepped | ~admitted, 0.0, c - m)
@@ -547,7 +613,7 @@ def _allocate_class(tree, room, g, gun_node, cap, mn, w, step, setpoint, bound_b
             if below.size:
                 ch = tree.chain(gun_node[g[below]])
                 blocked = left[ch] < s[below][:, None] - _FIT_TOL_KW
-                first = np.argmax(blocked, axis=1)
+                first = blocked.shape[1] - 1 - np.argmax(blocked[:, ::-1], axis=1)  # deepest
                 bnd[below] = np.where(blocked.any(axis=1), ch[np.arange(below.size), first], BOUND_ASK)
             room[:] = left
             room[-1] = np.inf
