@@ -162,23 +162,32 @@ class PileDriver:
     async def read(self) -> PileReading:
         """Read and decode the whole pile. Raises :class:`DriverError` / :class:`MapVersionError`."""
         words: list[int] = []
-        for start, count in self._plan:
-            rr = await self._call(
-                f"read {start}+{count}",
-                lambda c, s, n: c.read_holding_registers(s, count=n, device_id=self.unit_id),
-                start, count,
-            )
-            words.extend(rr.registers)
+        try:
+            for start, count in self._plan:
+                rr = await self._call(
+                    f"read {start}+{count}",
+                    lambda c, s, n: c.read_holding_registers(s, count=n, device_id=self.unit_id),
+                    start, count,
+                )
+                words.extend(rr.registers)
+        except DriverError:
+            if not self.connected:
+                raise
+            # The pile answered but refused the read: find out whether it speaks another map.
+            header = await self.read_header()
+            self._check_header(header["map_version"], header["gun_count"])
+            raise
         if len(words) < self._span:
             raise DriverError(f"short read: {len(words)} of {self._span} registers")
-        version = words[0]
+        self._check_header(words[0], words[1])
+        header, guns = decode_pile(words[: self._span], self.pile.word_order)
+        return PileReading(header, tuple(guns))
+
+    def _check_header(self, version: int, gun_count: int) -> None:
         if version != MAP_VERSION:
             raise MapVersionError(f"register map version {version}, this controller speaks {MAP_VERSION}")
-        header, guns = decode_pile(words[: self._span], self.pile.word_order)
-        if header["gun_count"] != self.gun_count:
-            raise MapVersionError(
-                f"pile reports {header['gun_count']} gun(s), station file says {self.gun_count}")
-        return PileReading(header, tuple(guns))
+        if gun_count != self.gun_count:
+            raise MapVersionError(f"pile reports {gun_count} gun(s), station file says {self.gun_count}")
 
     async def read_header(self) -> dict:
         """Only the pile header (a cheap probe)."""

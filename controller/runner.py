@@ -175,6 +175,7 @@ async def run(cfg: RunConfig, stop: asyncio.Event | None = None, ready=None, clo
                 print(f"pile {pid} ({where}): online, map version {ps.header.get('map_version')}: {states}", flush=True)
             elif ps.status == INCOMPATIBLE:
                 print(f"pile {pid} ({where}): NOT CONTROLLED, wrong register map: {ps.error}", flush=True)
+                log.error("pile %s: not controlled: %s", pid, ps.error, extra={"pile": pid, "status": ps.status})
             else:
                 print(f"pile {pid} ({where}): offline ({ps.error or 'no answer'}); will keep trying", flush=True)
         if not good:
