@@ -182,7 +182,8 @@ def build_problem(station: StationSpec, snapshot: Snapshot, demands: Mapping[str
             gun_node.append(j)
             upper.append(up)
             mn.append(lo)
-            ask.append(d.ask_kw if d is not None else 0.0)
+            # "As much as possible" (inf) is the gun's rating: the core takes finite asks only.
+            ask.append(min(d.ask_kw, max(g.rated_kw, up)) if d is not None else 0.0)
             prio.append(d.priority if d is not None else PRIORITY_NORMAL)
             weight.append(d.weight if d is not None else 1.0)
     problem = AllocationProblem(
