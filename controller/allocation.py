@@ -1,0 +1,664 @@
+"""Power allocation core: split the power a site may draw across its guns.
+
+Every setpoint evstack writes, live or simulated, comes out of :func:`allocate`. It is pure
+numpy: no I/O, no asyncio, no clock. All power values are in kW.
+
+A problem is a *batch*: many independent limit trees (sites, or time steps of one site)
+concatenated into flat arrays. Each tree has exactly one root node (``node_parent == -1``);
+guns hang below nodes via ``gun_node``. See :class:`AllocationProblem`.
+
+Semantics (docs/allocation.md says the same at more length; tests/allocation_oracle.py is
+an independent plain-Python implementation of exactly these rules):
+
+1. Per gun: step ``s`` = ``node_step_kw`` of its parent node (0 = none). Effective cap
+   ``cap = min(ask_kw, upper_kw)``, rounded *down* to a multiple of ``s``; effective minimum
+   ``mn = min_kw`` rounded *up* to a multiple of ``s``. A gun with ``cap <= 0`` gets 0
+   (bound ``BOUND_ASK`` or ``BOUND_UPPER``); a gun with ``0 < cap < mn`` can never run within
+   its ask and is switched off (``BOUND_SHED``).
+2. Strict priority: classes are served one after the other, lowest ``priority`` number first.
+   A class only sees the headroom the classes before it left at every node
+   (``limit - used``), so a lower class never reduces what a higher class gets.
+3. Inside a class, minimums first (admission): guns with ``mn > 0`` are taken in admission
+   order -- weight descending, then ``mn`` ascending, then parent node index, then ``cap``
+   ascending, then input position (this last key only separates guns equal in every field,
+   which are interchangeable) -- and each one is admitted if ``mn`` fits in the remaining
+   headroom of every ancestor node, which it then reserves; otherwise it is shed (0 kW,
+   ``BOUND_SHED``) and reserves nothing, so what it would have taken goes to the others.
+4. Then weighted max-min water-filling of the power *above the minimums*: admitted gun i gets
+   ``mn_i + min(cap_i - mn_i, w_i * L_i)`` where ``L_i`` is the lowest water level of the
+   nodes above it; each node's level is the one at which its subtree exactly uses its
+   remaining headroom (or infinite when it is not binding). Levels are computed bottom-up
+   and exactly (no bisection), see :func:`_water_fill`.
+5. Module steps (only where a node has ``node_step_kw > 0``): stepped guns are rounded down
+   to a multiple of their step; then, with the unstepped guns still at their rule-4 share,
+   the stepped guns that can still take a whole step take them greedily, lowest fill level
+   ``(x - mn) / w`` first (ties: admission order), each as many whole steps as fit under every
+   ancestor; then the unstepped guns of the class are water-filled again (rule 4) over what
+   is left, with the stepped guns fixed.
+
+Guarantees (checked by property tests against the oracle): every node's limit holds to
+``LIMIT_TOL_KW``; ``0 <= setpoint <= cap``; a gun that runs is at or above its minimum; no gun
+below its cap could get more without breaking some limit -- for a stepped gun: without
+breaking some limit by a whole step (Pareto); the result does not depend on the order of
+guns in the input.
+
+``bound_by`` per gun: ``BOUND_ASK`` (-1) got its full effective ask; ``BOUND_UPPER`` (-2) got
+its full upper bound (the upper bound was below the ask); ``BOUND_SHED`` (-3) switched off
+because its minimum could not be met; otherwise the index of the node whose limit stopped it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+__all__ = [
+    "BOUND_ASK",
+    "BOUND_UPPER",
+    "BOUND_SHED",
+    "LIMIT_TOL_KW",
+    "AllocationProblem",
+    "Allocation",
+    "allocate",
+    "GunDemand",
+    "LimitNode",
+    "GunResult",
+    "allocate_site",
+]
+
+BOUND_ASK = -1
+"""``bound_by`` code: the gun got its full effective ask (ask, capped by upper, floored to its step)."""
+BOUND_UPPER = -2
+"""``bound_by`` code: the gun got its full upper bound, which was below its ask."""
+BOUND_SHED = -3
+"""``bound_by`` code: the gun is switched off (0 kW) because its minimum could not be met."""
+
+LIMIT_TOL_KW = 1e-6
+"""Every node limit holds to this many kW (the guarantee the tests check)."""
+
+# Internal slack for "does it fit" comparisons. Far below LIMIT_TOL_KW so that many fits
+# that each round up cannot add up to a visible overshoot, far above float noise of kW sums.
+_FIT_TOL_KW = 1e-9
+
+_GUN_FLOAT_FIELDS = ("upper_kw", "min_kw", "ask_kw", "weight")
+_GUN_INT_FIELDS = ("gun_node", "priority")
+
+
+@dataclass(frozen=True)
+class AllocationProblem:
+    """A batch of independent allocation problems as flat 1-D arrays.
+
+    Per gun (all the same length): ``gun_node`` (int, parent node index), ``upper_kw``
+    (least of gun rating, vehicle acceptance, derating, schedule cap; finite),
+    ``min_kw`` (lowest power when on; 0 = may run at any level), ``ask_kw`` (what the
+    schedule asks; finite), ``priority`` (int, lower = served first), ``weight``
+    (> 0, share inside a class).
+
+    Per node: ``node_parent`` (int, -1 for the root of each tree), ``node_limit_kw``
+    (>= 0, ``inf`` = unlimited), ``node_step_kw`` (optional, >= 0; a step on a node makes
+    the setpoints of the guns directly below it multiples of the step; 0 = none).
+
+    The batch is the forest given by ``node_parent``: one tree per root, in any order;
+    nodes and guns of different trees may be interleaved.
+    """
+
+    gun_node: np.ndarray
+    upper_kw: np.ndarray
+    min_kw: np.ndarray
+    ask_kw: np.ndarray
+    priority: np.ndarray
+    weight: np.ndarray
+    node_parent: np.ndarray
+    node_limit_kw: np.ndarray
+    node_step_kw: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """Result of :func:`allocate`: ``setpoint_kw`` per gun (kW) and ``bound_by`` per gun
+    (a node index, or ``BOUND_ASK`` / ``BOUND_UPPER`` / ``BOUND_SHED``)."""
+
+    setpoint_kw: np.ndarray
+    bound_by: np.ndarray
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _arrays(p: AllocationProblem) -> dict[str, np.ndarray]:
+    out = {}
+    for name in _GUN_INT_FIELDS + _GUN_FLOAT_FIELDS + ("node_parent", "node_limit_kw", "node_step_kw"):
+        v = getattr(p, name)
+        if v is None:
+            out[name] = None
+            continue
+        a = np.asarray(v)
+        if a.ndim != 1:
+            raise ValueError(f"{name}: expected a 1-D array, got shape {a.shape}")
+        out[name] = a
+    return out
+
+
+def _first(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+def _validate(a: dict[str, np.ndarray]) -> None:
+    """Raise ``ValueError("field[index]: reason")`` at the first bad value; allocate nothing."""
+    n_g = a["gun_node"].shape[0]
+    n_n = a["node_parent"].shape[0]
+    for name in _GUN_INT_FIELDS + _GUN_FLOAT_FIELDS:
+        if a[name].shape[0] != n_g:
+            raise ValueError(f"{name}: length {a[name].shape[0]}, expected {n_g} (as gun_node)")
+    for name in ("node_limit_kw", "node_step_kw"):
+        if a[name] is not None and a[name].shape[0] != n_n:
+            raise ValueError(f"{name}: length {a[name].shape[0]}, expected {n_n} (as node_parent)")
+    for name in _GUN_INT_FIELDS + ("node_parent",):
+        if n_g and name != "node_parent" or name == "node_parent" and n_n:
+            if not np.issubdtype(a[name].dtype, np.integer):
+                raise ValueError(f"{name}: integer array expected, got dtype {a[name].dtype}")
+    for name in _GUN_FLOAT_FIELDS + ("node_limit_kw", "node_step_kw"):
+        v = a[name]
+        if v is None or v.size == 0:
+            continue
+        if not (np.issubdtype(v.dtype, np.floating) or np.issubdtype(v.dtype, np.integer)):
+            raise ValueError(f"{name}: numeric array expected, got dtype {v.dtype}")
+        v = v.astype(np.float64, copy=False)
+        bad = np.isnan(v)
+        if bad.any():
+            raise ValueError(f"{name}[{_first(bad)}]: NaN")
+        if name != "node_limit_kw":  # only a node may be unlimited
+            bad = np.isinf(v)
+            if bad.any():
+                raise ValueError(f"{name}[{_first(bad)}]: infinite")
+        bad = v <= 0 if name == "weight" else v < 0
+        if bad.any():
+            i = _first(bad)
+            raise ValueError(f"{name}[{i}]: {v[i]!r} must be {'> 0' if name == 'weight' else '>= 0'}")
+    if n_g:
+        gn = a["gun_node"]
+        bad = (gn < 0) | (gn >= n_n)
+        if bad.any():
+            i = _first(bad)
+            raise ValueError(f"gun_node[{i}]: {int(gn[i])} is not a node index (0..{n_n - 1})")
+        bad = a["min_kw"] > a["upper_kw"]
+        if bad.any():
+            i = _first(bad)
+            raise ValueError(f"min_kw[{i}]: {a['min_kw'][i]!r} is above upper_kw[{i}] = {a['upper_kw'][i]!r}")
+    if n_n:
+        par = a["node_parent"]
+        bad = (par < -1) | (par >= n_n) | (par == np.arange(n_n))
+        if bad.any():
+            i = _first(bad)
+            raise ValueError(f"node_parent[{i}]: {int(par[i])} is not -1 or another node's index")
+        # Pointer doubling: after k rounds every node points 2**k steps up (roots point to
+        # themselves), so after ceil(log2 n)+1 rounds a node not pointing at a root is on,
+        # or leads into, a cycle.
+        up = np.where(par < 0, np.arange(n_n), par)
+        for _ in range(int(n_n).bit_length() + 1):
+            up = up[up]
+        bad = par[up] >= 0
+        if bad.any():
+            i = _first(bad)
+            raise ValueError(f"node_parent[{i}]: {int(par[i])} makes a cycle (node {i} never reaches a root)")
+
+
+# ----------------------------------------------------------------------------- the tree
+
+
+class _Tree:
+    """Depth, subtree size, pre-order rank and root of every node.
+
+    Subtrees are contiguous in pre-order, so once guns are sorted by the pre-order rank of
+    their node, the guns below any node form one slice: segmented sums are ``reduceat``
+    over slices, not scatter-adds.
+    """
+
+    def __init__(self, parent: np.ndarray):
+        n = parent.shape[0]
+        self.n = n
+        self.parent = parent
+        depth = np.zeros(n, np.int64)
+        idx = np.flatnonzero(parent >= 0)
+        anc = parent[idx]
+        while idx.size:  # walk every node up one level per round; rounds = max depth
+            depth[idx] += 1
+            keep = parent[anc] >= 0
+            idx, anc = idx[keep], parent[anc[keep]]
+        self.depth = depth
+        self.max_depth = int(depth.max()) if n else 0
+        order = np.argsort(depth, kind="stable")
+        bounds = np.searchsorted(depth[order], np.arange(self.max_depth + 2))
+        self.by_depth = [order[bounds[d] : bounds[d + 1]] for d in range(self.max_depth + 1)]
+        size = np.ones(n, np.int64)
+        for d in range(self.max_depth, 0, -1):  # bottom-up subtree sizes
+            nd = self.by_depth[d]
+            size += np.bincount(parent[nd], weights=size[nd], minlength=n).astype(np.int64)
+        self.size = size
+        root = np.arange(n)
+        for d in range(1, self.max_depth + 1):
+            nd = self.by_depth[d]
+            root[nd] = root[parent[nd]]
+        self.root = root
+        self.pre = self._preorder()
+
+    def _preorder(self) -> np.ndarray:
+        n, parent, size = self.n, self.parent, self.size
+        ar = np.arange(n)
+        nr = parent >= 0
+        # Fast path: the numbering already is a pre-order (every subtree is the index range
+        # [i, i + size[i])), as when a site is built depth-first. Nesting of each child's range
+        # in its parent's range is enough: the ranges then fill up exactly.
+        p = parent[nr]
+        c = ar[nr]
+        if np.all((p < c) & (c + size[nr] <= p + size[p])):
+            return ar
+        pre = np.zeros(n, np.int64)
+        roots = self.by_depth[0]  # ascending index (stable sort)
+        pre[roots] = np.cumsum(size[roots]) - size[roots]
+        for d in range(1, self.max_depth + 1):
+            nd = self.by_depth[d]  # ascending index
+            nd = nd[np.argsort(parent[nd], kind="stable")]  # siblings together, by index
+            pd = parent[nd]
+            cs = np.cumsum(size[nd])
+            first = np.r_[True, pd[1:] != pd[:-1]]
+            grp_start = np.maximum.accumulate(np.where(first, np.arange(nd.size), 0))
+            before = cs - size[nd] - (cs[grp_start] - size[nd[grp_start]])
+            pre[nd] = pre[pd] + 1 + before
+        return pre
+
+    def chain(self, nodes: np.ndarray) -> np.ndarray:
+        """Ancestors of ``nodes`` (self first), shape (len, max_depth + 1), padded with ``n``
+        (a dummy node whose headroom is always infinite)."""
+        out = np.full((nodes.size, self.max_depth + 1), self.n, np.int64)
+        cur = nodes.astype(np.int64)
+        for j in range(self.max_depth + 1):
+            ok = cur >= 0
+            out[ok, j] = cur[ok]
+            cur = np.where(ok, self.parent[np.where(ok, cur, 0)], -1)
+        return out
+
+
+class _Block:
+    """The guns of one class, sorted by the pre-order rank of their node, with per-depth
+    slices: ``lo[d], hi[d]`` are the slice ends of the nodes ``nodes[d]`` at depth d that
+    have at least one gun of the block below them."""
+
+    def __init__(self, tree: _Tree, gun_pre: np.ndarray):
+        self.tree = tree
+        self.n = gun_pre.size
+        cnt = np.bincount(gun_pre, minlength=tree.n)
+        cs = np.zeros(tree.n + 1, np.int64)
+        np.cumsum(cnt, out=cs[1:])
+        self.nodes, self.lo, self.hi = [], [], []
+        for nd in tree.by_depth:
+            p = tree.pre[nd]
+            lo, hi = cs[p], cs[p + tree.size[nd]]
+            keep = hi > lo
+            self.nodes.append(nd[keep])
+            self.lo.append(lo[keep])
+            self.hi.append(hi[keep])
+
+    def seg_sum(self, v: np.ndarray, d: int) -> np.ndarray:
+        """Sum of ``v`` (block order) over each slice at depth d; exact per slice (no global
+        cumsum, whose rounding would grow with the batch)."""
+        lo, hi = self.lo[d], self.hi[d]
+        if lo.size == 0:
+            return np.zeros(0)
+        vv = np.append(v, 0.0)  # reduceat needs hi < len
+        idx = np.empty(2 * lo.size, np.int64)
+        idx[0::2], idx[1::2] = lo, hi
+        return np.add.reduceat(vv, idx)[0::2]
+
+    def subtree_sums(self, v: np.ndarray) -> np.ndarray:
+        """Per node (length tree.n + 1, last = dummy 0): sum of ``v`` over the block's guns below it."""
+        out = np.zeros(self.tree.n + 1)
+        for d in range(len(self.nodes)):
+            out[self.nodes[d]] = self.seg_sum(v, d)
+        return out
+
+
+# ----------------------------------------------------------------------------- water-fill
+
+
+def _water_fill(blk: _Block, room: np.ndarray, d: np.ndarray, w: np.ndarray, bound: np.ndarray) -> np.ndarray:
+    """Weighted max-min fill, exact, bottom-up over depths.
+
+    ``d``: what each gun may still take (kW, block order), ``w``: weights, ``room``: kW each
+    node may still give (length tree.n + 1). Returns the gun amounts; writes the node that
+    last lowered a gun into ``bound`` (block order).
+
+    Per binding node, the level L solves sum_i min(d_i, w_i L) = room. The function is
+    concave piecewise linear, so Newton's step from below,
+    L <- (room - sum_{saturated} d) / sum_{unsaturated} w, never overshoots and stops exactly
+    when the saturated set stops growing (at most one round per distinct breakpoint, in
+    practice 2-4). The guns' d are then clipped to w L, so a node higher up sees its children
+    already limited; a child's limit keeps holding because its sum is monotone in L.
+    """
+    d = d.copy()
+    for depth in range(len(blk.nodes) - 1, -1, -1):
+        nodes = blk.nodes[depth]
+        if nodes.size == 0:
+            continue
+        r = room[nodes]
+        tot = blk.seg_sum(d, depth)
+        bind = tot > r  # not binding: nothing to do at this node
+        if not bind.any():
+            continue
+        nodes, r = nodes[bind], np.maximum(r[bind], 0.0)
+        lo, hi = blk.lo[depth][bind], blk.hi[depth][bind]
+        lens = hi - lo
+        starts = np.zeros(lens.size, np.int64)
+        np.cumsum(lens[:-1], out=starts[1:])
+        idx = np.repeat(lo - starts, lens) + np.arange(int(lens.sum()))
+        dd, ww = d[idx], w[idx]
+        sat = dd <= 0.0
+        while True:
+            dsat = np.add.reduceat(np.where(sat, dd, 0.0), starts)
+            wun = np.add.reduceat(np.where(sat, 0.0, ww), starts)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                lam = np.where(wun > 0, (r - dsat) / wun, np.inf)
+            lam = np.maximum(lam, 0.0)
+            lg = np.repeat(lam, lens)
+            new = sat | (dd <= ww * lg)
+            if np.array_equal(new, sat):
+                break
+            sat = new
+        lvl = ww * lg
+        hit = dd >= lvl
+        bound[idx[hit]] = np.repeat(nodes, lens)[hit]
+        d[idx] = np.minimum(dd, lvl)
+    return d
+
+
+# ----------------------------------------------------------------------------- greedy packing
+
+
+def _greedy(site, keys, chain, unit, max_units, slack):
+    """Greedy packing in key order within each site: each item takes
+    ``t = min(max_units, floor((min slack over its ancestors + tol) / unit))`` units and the
+    ancestors' slack shrinks by ``t * unit``. Sites are independent, so item r of every site
+    is done in one vectorised round. ``slack`` (per node + dummy) is updated in place."""
+    k = site.size
+    taken = np.zeros(k)
+    if k == 0:
+        return taken
+    order = np.lexsort(tuple(reversed(keys)) + (site,)) if keys else np.argsort(site, kind="stable")
+    s = site[order]
+    first = np.r_[True, s[1:] != s[:-1]]
+    start = np.maximum.accumulate(np.where(first, np.arange(k), 0))
+    rank = np.arange(k) - start
+    by_rank = order[np.argsort(rank, kind="stable")]
+    counts = np.bincount(rank)
+    pos = 0
+    for c in counts:
+        sel = by_rank[pos : pos + c]
+        pos += c
+        ch = chain[sel]
+        free = slack[ch].min(axis=1)
+        u = unit[sel]
+        t = np.minimum(max_units[sel], np.floor((free + _FIT_TOL_KW) / u))
+        t = np.maximum(t, 0.0)
+        taken[sel] = t
+        amount = t * u
+        for j in range(ch.shape[1]):
+            slack[ch[:, j]] -= amount
+    slack[-1] = np.inf
+    return taken
+
+
+# ----------------------------------------------------------------------------- allocate
+
+
+def allocate(problem: AllocationProblem, *, validate: bool = True) -> Allocation:
+    """Allocate a batch (see the module docstring for the rules). Pure; O(n log n).
+
+    With ``validate=False`` the caller promises valid input (see :func:`_validate`); the
+    result for invalid input is then undefined.
+    """
+    a = _arrays(problem)
+    if validate:
+        _validate(a)
+    n_g = a["gun_node"].shape[0]
+    n_n = a["node_parent"].shape[0]
+    setpoint = np.zeros(n_g)
+    bound_by = np.full(n_g, BOUND_ASK, np.int64)
+    if n_g == 0:
+        return Allocation(setpoint, bound_by)
+
+    gun_node = a["gun_node"].astype(np.int64, copy=False)
+    upper = a["upper_kw"].astype(np.float64, copy=False)
+    ask = a["ask_kw"].astype(np.float64, copy=False)
+    mn = a["min_kw"].astype(np.float64, copy=False)
+    w = a["weight"].astype(np.float64, copy=False)
+    prio = a["priority"]
+    tree = _Tree(a["node_parent"].astype(np.int64, copy=False))
+
+    cap = np.minimum(ask, upper)
+    cap_code = np.where(upper < ask, BOUND_UPPER, BOUND_ASK)
+    step = None
+    if a["node_step_kw"] is not None:
+        st = a["node_step_kw"].astype(np.float64, copy=False)[gun_node]
+        if (st > 0).any():
+            step = st
+            has = st > 0
+            sd = np.where(has, st, 1.0)
+            # Tolerance: 359.99999999 kW asked on a 30 kW step is 12 steps, not 11.
+            cap = np.where(has, np.floor(cap / sd + 1e-9) * sd, cap)
+            mn = np.where(has, np.ceil(mn / sd - 1e-9) * sd, mn)
+    # A gun that cannot run within its own cap: 0 kW. Shed if it asked for something.
+    cannot = cap < mn - _FIT_TOL_KW
+    bound_by[cap <= 0] = cap_code[cap <= 0]
+    bound_by[cannot & (cap > 0)] = BOUND_SHED
+    active = ~cannot & (cap > 0)
+
+    room = np.append(a["node_limit_kw"].astype(np.float64), np.inf)  # + dummy node
+
+    # Guns sorted by (class, pre-order of node): every class is a block and inside it every
+    # subtree a slice. Order among guns of one node does not matter to any rule.
+    classes, cls = np.unique(prio, return_inverse=True)
+    key = cls.astype(np.int64) * (n_n + 1) + tree.pre[gun_node]
+    key = np.where(active, key, np.int64(len(classes)) * (n_n + 1))  # inactive last, skipped
+    order = np.argsort(key) if np.any(key[1:] < key[:-1]) else np.arange(n_g)
+    ks = key[order]
+    bounds = np.searchsorted(ks, np.arange(len(classes) + 1) * (n_n + 1))
+    for c in range(len(classes)):
+        g = order[bounds[c] : bounds[c + 1]]
+        if g.size:
+            _allocate_class(tree, room, g, gun_node, cap, mn, w, step, setpoint, bound_by)
+    full = active & (setpoint >= cap - _FIT_TOL_KW) & (bound_by != BOUND_SHED)
+    bound_by[full] = cap_code[full]
+    setpoint[full] = cap[full]
+    return Allocation(setpoint, bound_by)
+
+
+def _allocate_class(tree, room, g, gun_node, cap, mn, w, step, setpoint, bound_by):
+    """One priority class: admission of minimums, water-fill, module steps; then take what
+    the class used off ``room`` (in place) for the classes after it."""
+    blk = _Block(tree, tree.pre[gun_node[g]])
+    m, c, ww = mn[g], cap[g], w[g]
+    site = tree.root[gun_node[g]]
+
+    # --- admission of minimums
+    want = np.where(m > 0, m, 0.0)
+    admitted = np.ones(g.size, bool)
+    if want.any():
+        over = blk.subtree_sums(want) > room + _FIT_TOL_KW
+        if over.any():
+            # A gun is contested only if some ancestor cannot hold every minimum below it;
+            # guns with no such ancestor are admitted whatever the others do.
+            anyover = over[:-1].copy()
+            for dd in range(1, tree.max_depth + 1):
+                nd = tree.by_depth[dd]
+                anyover[nd] |= anyover[tree.parent[nd]]
+            contested = (want > 0) & anyover[gun_node[g]]
+            sure = np.where(contested, 0.0, want)
+            slack = room - blk.subtree_sums(sure)
+            slack[-1] = np.inf
+            ci = np.flatnonzero(contested)
+            gi = g[ci]
+            keys = [-ww[ci], m[ci], gun_node[gi], c[ci], gi]
+            t = _greedy(site[ci], keys, tree.chain(gun_node[gi]), m[ci], np.ones(ci.size), slack)
+            shed = t < 1
+            admitted[ci[shed]] = False
+            bound_by[gi[shed]] = BOUND_SHED
+    fixed = np.where(admitted, m, 0.0)
+    inc = np.where(admitted, c - m, 0.0)
+    bnd = np.full(g.size, BOUND_ASK, np.int64)
+
+    # --- water-fill above the minimums
+    r = room - blk.subtree_sums(fixed)
+    x = fixed + _water_fill(blk, r, inc, ww, bnd)
+
+    # --- module steps
+    if step is not None:
+        s = step[g]
+        stepped = (s > 0) & admitted
+        if stepped.any():
+            sd = np.where(stepped, s, 1.0)
+            x = np.where(stepped, np.floor(x / sd + 1e-9) * sd, x)
+            x = np.where(stepped, np.maximum(x, fixed), x)
+            # Top-up: whole steps into what rounding freed (and headroom nobody took), with
+            # the unstepped guns still at their water-fill share, so the stepped guns only get
+            # back what rounding took from them, not their neighbours' share.
+            slack = room - blk.subtree_sums(x)
+            slack[-1] = np.inf
+            cand = np.flatnonzero(stepped & (x < c - _FIT_TOL_KW))
+            if cand.size:
+                gi = g[cand]
+                ch = tree.chain(gun_node[gi])
+                level = (x[cand] - fixed[cand]) / ww[cand]
+                keys = [level, -ww[cand], m[cand], gun_node[gi], c[cand], gi]
+                units = np.floor((c[cand] - x[cand]) / s[cand] + 1e-9)
+                t = _greedy(site[cand], keys, ch, s[cand], units, slack)
+                x[cand] += t * s[cand]
+            # Refill the unstepped guns around the now fixed stepped ones.
+            fixed2 = np.where(stepped, x, fixed)
+            inc2 = np.where(stepped | ~admitted, 0.0, c - m)
+            bnd = np.where(stepped, bnd, BOUND_ASK)
+            r2 = room - blk.subtree_sums(fixed2)
+            x = fixed2 + _water_fill(blk, r2, inc2, ww, bnd)
+            # Stepped guns below their cap: bound by the deepest ancestor left with less than
+            # one step of headroom (it is what stops one more step).
+            left = room - blk.subtree_sums(x)
+            below = np.flatnonzero(stepped & (x < c - _FIT_TOL_KW))
+            if below.size:
+                ch = tree.chain(gun_node[g[below]])
+                blocked = left[ch] < s[below][:, None] - _FIT_TOL_KW
+                first = np.argmax(blocked, axis=1)
+                bnd[below] = np.where(blocked.any(axis=1), ch[np.arange(below.size), first], BOUND_ASK)
+            room[:] = left
+            room[-1] = np.inf
+            _store(g, admitted, x, bnd, setpoint, bound_by)
+            return
+    room -= blk.subtree_sums(x)
+    room[-1] = np.inf
+    _store(g, admitted, x, bnd, setpoint, bound_by)
+
+
+def _store(g, admitted, x, bnd, setpoint, bound_by):
+    ok = g[admitted]
+    setpoint[ok] = x[admitted]
+    bound_by[ok] = bnd[admitted]
+
+
+# ----------------------------------------------------------------------------- one site
+
+
+@dataclass(frozen=True)
+class LimitNode:
+    """A limit above guns: pile module pool, feeder, transformer, site. ``parent_id`` None
+    for the site root. ``limit_kw`` inf = unlimited; ``step_kw`` > 0 makes the setpoints of
+    the guns directly below this node multiples of it (module size)."""
+
+    id: str
+    parent_id: str | None
+    limit_kw: float = float("inf")
+    step_kw: float = 0.0
+
+
+@dataclass(frozen=True)
+class GunDemand:
+    """One gun's demand: its parent node, what it asks (kW), its upper bound (kW), its
+    minimum when on (kW, 0 = any level), priority class (lower first) and weight (> 0)."""
+
+    id: str
+    node_id: str
+    ask_kw: float
+    upper_kw: float = float("inf")
+    min_kw: float = 0.0
+    priority: int = 0
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class GunResult:
+    """A gun's setpoint (kW) and why it got no more: a node id, or "ask", "upper", "shed"."""
+
+    setpoint_kw: float
+    bound_by: str
+
+
+_CODE_NAMES = {BOUND_ASK: "ask", BOUND_UPPER: "upper", BOUND_SHED: "shed"}
+
+
+def allocate_site(guns: Sequence[GunDemand], nodes: Sequence[LimitNode]) -> dict[str, GunResult]:
+    """Allocate one site given as objects with string ids; returns ``{gun id: GunResult}``.
+
+    Same rules as :func:`allocate`. Raises ``ValueError`` on unknown or duplicate ids and on
+    every bad value :func:`allocate` refuses (named by gun or node id here)."""
+    nid = {}
+    for i, n in enumerate(nodes):
+        if n.id in nid:
+            raise ValueError(f"nodes[{i}]: duplicate node id {n.id!r}")
+        nid[n.id] = i
+    parent = []
+    for i, n in enumerate(nodes):
+        if n.parent_id is None:
+            parent.append(-1)
+        elif n.parent_id in nid:
+            parent.append(nid[n.parent_id])
+        else:
+            raise ValueError(f"nodes[{i}]: node {n.id!r} has unknown parent_id {n.parent_id!r}")
+    gid = set()
+    gun_node = []
+    for i, gd in enumerate(guns):
+        if gd.id in gid:
+            raise ValueError(f"guns[{i}]: duplicate gun id {gd.id!r}")
+        gid.add(gd.id)
+        if gd.node_id not in nid:
+            raise ValueError(f"guns[{i}]: gun {gd.id!r} has unknown node_id {gd.node_id!r}")
+        gun_node.append(nid[gd.node_id])
+    p = AllocationProblem(
+        gun_node=np.array(gun_node, np.int64),
+        upper_kw=np.array([gd.upper_kw for gd in guns], float),
+        min_kw=np.array([gd.min_kw for gd in guns], float),
+        ask_kw=np.array([gd.ask_kw for gd in guns], float),
+        priority=np.array([gd.priority for gd in guns], np.int64),
+        weight=np.array([gd.weight for gd in guns], float),
+        node_parent=np.array(parent, np.int64),
+        node_limit_kw=np.array([n.limit_kw for n in nodes], float),
+        node_step_kw=np.array([n.step_kw for n in nodes], float),
+    )
+    try:
+        res = allocate(p)
+    except ValueError as e:  # name the object, not the array slot
+        raise ValueError(_rename(str(e), guns, nodes)) from None
+    names = [n.id for n in nodes]
+    return {
+        gd.id: GunResult(float(sp), _CODE_NAMES.get(int(b)) or names[int(b)])
+        for gd, sp, b in zip(guns, res.setpoint_kw, res.bound_by)
+    }
+
+
+def _rename(msg: str, guns, nodes) -> str:
+    field, _, rest = msg.partition(": ")
+    name, _, idx = field.partition("[")
+    if not idx:
+        return msg
+    i = int(idx.rstrip("]"))
+    if name in _GUN_FLOAT_FIELDS + _GUN_INT_FIELDS:
+        return f"gun {guns[i].id!r} {name}: {rest}"
+    return f"node {nodes[i].id!r} {name}: {rest}"
