@@ -6,6 +6,8 @@ Accelerated clocks (shared by the simulator and the controller) keep each test t
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
 
 import pytest
 
@@ -152,3 +154,24 @@ async def test_wrong_gun_count_is_reported_and_other_piles_still_run(tmp_path):
             odd = loop.snapshot.piles["ODD"]
             assert odd.status == "incompatible"
             assert "gun" in odd.error
+
+
+@pytest.mark.skipif(not os.environ.get("EVSTACK_TEST_DATABASE_URL"), reason="EVSTACK_TEST_DATABASE_URL is not set")
+async def test_sessions_on_postgresql(tmp_path):
+    """The same session bookkeeping against PostgreSQL (a fresh schema per run)."""
+    url = os.environ["EVSTACK_TEST_DATABASE_URL"]
+    url += ("&" if "?" in url else "?") + f"schema=ctl_{os.getpid()}_{int(time.time())}"
+    path = write_station(tmp_path, [("D1", "bus-dc-360")], kind="distributed")
+    clock = clock_at("2026-11-29T12:00", 60)
+    async with SimulatedStation(load_station(path), clock=clock) as sim:
+        sim.plug_in("D1", 1, soc_pct=30)
+        async with controller(_cfg(path, tmp_path, db=url), clock) as loop:
+            await until(lambda: loop.snapshot.piles["D1"].guns[0].energy_wh > 1000)
+            sim.unplug("D1", 1)
+            bills = await until(lambda: list(loop.sessions.bills.values()))
+    store = await Store.open(url)
+    try:
+        rows = await store.export_rows("sessions", None, None)
+    finally:
+        await store.close()
+    assert len(rows) == 1 and int(rows[0]["energy_wh"]) == bills[0].energy_wh > 1000
