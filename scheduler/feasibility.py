@@ -23,7 +23,7 @@ from hw_profiles.tariff import PERIODS
 
 from .curves import floor_step
 from .model import Scenario
-from .policies import Context, bands, gun_caps, valley_spans
+from .policies import Context, _span, bands, gun_caps, valley_spans
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ def check(sc: Scenario, ctx: Context, max_vehicle_findings: int = 200) -> list[F
     # energy above band x valley minutes; departure before the valley ends
     _, _, _, valid = valley_spans(sc, ctx, stagger=False)
     begin, start, end, _ = valley_spans(sc, ctx, stagger=False)
-    usable = np.where(valid, end - start, 0.0).sum(axis=1)
+    usable = np.where(valid, _span(start, end), 0.0).sum(axis=1)
     cap_kwh = top * usable / 60.0
     short = ctx.need_kwh - cap_kwh
     n_found = 0

@@ -164,7 +164,7 @@ def plan_valley(sc: Scenario, ctx: Context) -> Plan:
     lo, hi = bands(sc)
     plugged = a.gun0 >= 0
     begin, start, end, valid = valley_spans(sc, ctx)
-    usable = np.where(valid, end - start, 0.0).sum(axis=1)
+    usable = np.where(valid, _span(start, end), 0.0).sum(axis=1)
     night = valid.any(axis=1)
     todo = plugged & (ctx.need_kwh > 1e-9)
 
@@ -192,7 +192,7 @@ def plan_valley(sc: Scenario, ctx: Context) -> Plan:
 
     # a vehicle that needs every valley minute does not wait for its staggered start
     _, start0, end0, _ = valley_spans(sc, ctx, stagger=False)
-    usable0 = np.where(valid, end0 - start0, 0.0).sum(axis=1)
+    usable0 = np.where(valid, _span(start0, end0), 0.0).sum(axis=1)
     tight = need_min > usable + 1e-9
     start = np.where(tight[:, None], start0, start)
     usable = np.where(tight, usable0, usable)
@@ -252,3 +252,9 @@ def make_plan(policy: str, sc: Scenario, ctx: Context) -> Plan:
         from .optimal import plan_optimal
         return plan_optimal(sc, ctx)
     raise ValueError(f"unknown policy {policy!r} (expected one of: {', '.join(POLICIES)})")
+
+
+def _span(start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """end - start where both are finite (padded windows are inf), else 0."""
+    ok = np.isfinite(start) & np.isfinite(end)
+    return np.where(ok, np.where(ok, end, 0.0) - np.where(ok, start, 0.0), 0.0)
