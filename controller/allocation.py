@@ -179,7 +179,7 @@ def _validate(a: dict[str, np.ndarray]) -> None:
         bad = v <= 0 if name == "weight" else v < 0
         if bad.any():
             i = _first(bad)
-            raise ValueError(f"{name}[{i}]: {v[i]!r} must be {'> 0' if name == 'weight' else '>= 0'}")
+            raise ValueError(f"{name}[{i}]: {float(v[i])!r} must be {'> 0' if name == 'weight' else '>= 0'}")
     if n_g:
         gn = a["gun_node"]
         bad = (gn < 0) | (gn >= n_n)
@@ -189,7 +189,7 @@ def _validate(a: dict[str, np.ndarray]) -> None:
         bad = a["min_kw"] > a["upper_kw"]
         if bad.any():
             i = _first(bad)
-            raise ValueError(f"min_kw[{i}]: {a['min_kw'][i]!r} is above upper_kw[{i}] = {a['upper_kw'][i]!r}")
+            raise ValueError(f"min_kw[{i}]: {float(a['min_kw'][i])!r} is above upper_kw[{i}] = {float(a['upper_kw'][i])!r}")
     if n_n:
         par = a["node_parent"]
         bad = (par < -1) | (par >= n_n) | (par == np.arange(n_n))
@@ -514,7 +514,13 @@ def allocate(problem: AllocationProblem, *, validate: bool = True) -> Allocation
 
     # Guns sorted by (class, pre-order of node): every class is a block and inside it every
     # subtree a slice. Order among guns of one node does not matter to any rule.
-    classes, cls = np.unique(prio, return_inverse=True)
+    lo_p, hi_p = int(prio.min()), int(prio.max())
+    if hi_p - lo_p < 4 * n_g + 1024:  # small class numbers: a table instead of a sort
+        present = np.bincount(prio - lo_p) > 0
+        classes = np.flatnonzero(present) + lo_p
+        cls = (np.cumsum(present) - 1)[prio - lo_p]
+    else:
+        classes, cls = np.unique(prio, return_inverse=True)
     # Inside a node: cap ascending, then input position; this block order is the last
     # tie-break of admission (only guns equal in every field are left to input position).
     key = cls.astype(np.int64) * (n_n + 1) + tree.pre[gun_node]
@@ -529,14 +535,15 @@ def allocate(problem: AllocationProblem, *, validate: bool = True) -> Allocation
     for c in range(len(classes)):
         g = order[bounds[c] : bounds[c + 1]]
         if g.size:
-            _allocate_class(tree, room, g, gun_node, cap, mn, w, step, setpoint, bound_by)
+            last = c == len(classes) - 1  # nobody after it needs the room that is left
+            _allocate_class(tree, room, g, gun_node, cap, mn, w, step, setpoint, bound_by, last)
     full = active & (setpoint >= cap - _FIT_TOL_KW) & (bound_by != BOUND_SHED)
     bound_by[full] = cap_code[full]
     setpoint[full] = cap[full]
     return Allocation(setpoint, bound_by)
 
 
-def _allocate_class(tree, room, g, gun_node, cap, mn, w, step, setpoint, bound_by):
+def _allocate_class(tree, room, g, gun_node, cap, mn, w, step, setpoint, bound_by, last=False):
     """One priority class: admission of minimums, water-fill, module steps; then take what
     the class used off ``room`` (in place) for the classes after it."""
     blk = _Block(tree, tree.pre[gun_node[g]])
@@ -619,8 +626,9 @@ def _allocate_class(tree, room, g, gun_node, cap, mn, w, step, setpoint, bound_b
             room[-1] = np.inf
             _store(g, admitted, x, bnd, setpoint, bound_by)
             return
-    room -= blk.subtree_sums(x)
-    room[-1] = np.inf
+    if not last:
+        room -= blk.subtree_sums(x)
+        room[-1] = np.inf
     _store(g, admitted, x, bnd, setpoint, bound_by)
 
 
