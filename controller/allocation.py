@@ -211,6 +211,10 @@ def _validate(a: dict[str, np.ndarray]) -> None:
 # ----------------------------------------------------------------------------- the tree
 
 
+def self_max_ok(depth: np.ndarray) -> bool:
+    return depth.size == 0 or int(depth.max()) < 32767
+
+
 class _Tree:
     """Depth, subtree size, pre-order rank and root of every node.
 
@@ -232,7 +236,8 @@ class _Tree:
             idx, anc = idx[keep], parent[anc[keep]]
         self.depth = depth
         self.max_depth = int(depth.max()) if n else 0
-        order = np.argsort(depth, kind="stable")
+        # Small ints sort stably by radix in O(n); int64 would take a comparison sort.
+        order = np.argsort(depth.astype(np.int16 if self_max_ok(depth) else np.int64), kind="stable")
         bounds = np.searchsorted(depth[order], np.arange(self.max_depth + 2))
         self.by_depth = [order[bounds[d] : bounds[d + 1]] for d in range(self.max_depth + 1)]
         size = np.ones(n, np.int64)
@@ -246,8 +251,9 @@ class _Tree:
             root[nd] = root[parent[nd]]
         self.root = root
         self.pre = self._preorder()
-        # Nodes of one depth in pre-order: their gun slices then come in ascending order.
-        self.by_depth = [nd[np.argsort(self.pre[nd])] for nd in self.by_depth]
+        if self.pre is not self._identity:
+            # Nodes of one depth in pre-order: their gun slices then come in ascending order.
+            self.by_depth = [nd[np.argsort(self.pre[nd])] for nd in self.by_depth]
 
     def _preorder(self) -> np.ndarray:
         n, parent, size = self.n, self.parent, self.size
@@ -258,6 +264,7 @@ class _Tree:
         # in its parent's range is enough: the ranges then fill up exactly.
         p = parent[nr]
         c = ar[nr]
+        self._identity = ar
         if np.all((p < c) & (c + size[nr] <= p + size[p])):
             return ar
         pre = np.zeros(n, np.int64)
@@ -297,6 +304,7 @@ class _Block:
     def __init__(self, tree: _Tree, gun_pre: np.ndarray):
         self.tree = tree
         self.n = gun_pre.size
+        self._chain = None
         cnt = np.bincount(gun_pre, minlength=tree.n)
         cs = np.zeros(tree.n + 1, np.int64)
         np.cumsum(cnt, out=cs[1:])
@@ -310,6 +318,32 @@ class _Block:
             self.hi.append(hi[keep])
         self.tiles = [lo.size > 0 and lo[0] == 0 and hi[-1] == self.n and bool(np.all(lo[1:] == hi[:-1]))
                       for lo, hi in zip(self.lo, self.hi)]
+
+    def chain(self) -> np.ndarray:
+        """Depth-aligned ancestor chain of every gun of the block (see :meth:`_Tree.chain`),
+        built from the slices with one ``repeat`` per depth; cached."""
+        if self._chain is None:
+            dummy = self.tree.n
+            ch = np.empty((self.n, len(self.nodes)), np.int64)
+            for d in range(len(self.nodes)):
+                nodes, lo, hi = self.nodes[d], self.lo[d], self.hi[d]
+                if self.tiles[d]:
+                    ch[:, d] = np.repeat(nodes, hi - lo)
+                    continue
+                if nodes.size == 0:
+                    ch[:, d] = dummy
+                    continue
+                # Slices with the gaps between them (guns whose node is above depth d).
+                vals = np.empty(2 * nodes.size + 1, np.int64)
+                lens = np.empty(2 * nodes.size + 1, np.int64)
+                vals[0::2], vals[1::2] = dummy, nodes
+                lens[0] = lo[0]
+                lens[1::2] = hi - lo
+                lens[2:-1:2] = lo[1:] - hi[:-1]
+                lens[-1] = self.n - hi[-1]
+                ch[:, d] = np.repeat(vals, lens)
+            self._chain = ch
+        return self._chain
 
     def seg_sum(self, v: np.ndarray, d: int) -> np.ndarray:
         """Sum of ``v`` (block order) over each slice at depth d; exact per slice (no global
@@ -408,8 +442,8 @@ def _greedy(site, ch, unit, max_units, slack):
     if k == 0:
         return taken
     full = max_units * unit
-    _, sid = np.unique(site, return_inverse=True)
-    ns = int(sid.max()) + 1
+    sid = site  # root node ids: index a per-node array instead of compacting with a sort
+    ns = slack.size
     pos = np.arange(k)
     levels = []
     for j in range(ch.shape[1]):
@@ -433,12 +467,8 @@ def _greedy(site, ch, unit, max_units, slack):
             np.minimum(avail, slack[ch[:, j]] - pre, out=avail)
         fail = np.flatnonzero(und & (full > avail + _FIT_TOL_KW))
         ff = np.full(ns, k)
-        if fail.size:
-            fs, first = np.unique(sid[fail], return_index=True)
-            f = fail[first]
-            ff[fs] = f
-        else:
-            f = fail
+        np.minimum.at(ff, sid[fail], fail)  # first misfit of each site
+        f = fail[ff[sid[fail]] == fail]
         dec = und & (pos < ff[sid])
         taken[dec] = max_units[dec]
         taken[f] = np.clip(np.floor((avail[f] + _FIT_TOL_KW) / unit[f]), 0.0, max_units[f])
@@ -569,7 +599,7 @@ def _allocate_class(tree, room, g, gun_node, cap, mn, w, step, setpoint, bound_b
             ci = np.flatnonzero(contested)
             ci = ci[_greedy_order(m[ci], ww[ci])]
             gi = g[ci]
-            t = _greedy(site[ci], tree.chain(gun_node[gi]), m[ci], np.ones(ci.size), slack)
+            t = _greedy(site[ci], blk.chain()[ci], m[ci], np.ones(ci.size), slack)
             shed = t < 1
             admitted[ci[shed]] = False
             bound_by[gi[shed]] = BOUND_SHED
@@ -597,7 +627,7 @@ def _allocate_class(tree, room, g, gun_node, cap, mn, w, step, setpoint, bound_b
             # One step per gun per pass, in admission order, until a pass gives no step.
             cand = np.flatnonzero(stepped & (x < c - _FIT_TOL_KW))
             cand = cand[_greedy_order(m[cand], ww[cand])]
-            ch = tree.chain(gun_node[g[cand]])
+            ch = blk.chain()[cand]
             while cand.size:
                 fits = s[cand] <= slack[ch].min(axis=1) + _FIT_TOL_KW
                 cand, ch = cand[fits], ch[fits]
@@ -618,7 +648,7 @@ def _allocate_class(tree, room, g, gun_node, cap, mn, w, step, setpoint, bound_b
             left = room - blk.subtree_sums(x)
             below = np.flatnonzero(stepped & (x < c - _FIT_TOL_KW))
             if below.size:
-                ch = tree.chain(gun_node[g[below]])
+                ch = blk.chain()[below]
                 blocked = left[ch] < s[below][:, None] - _FIT_TOL_KW
                 first = blocked.shape[1] - 1 - np.argmax(blocked[:, ::-1], axis=1)  # deepest
                 bnd[below] = np.where(blocked.any(axis=1), ch[np.arange(below.size), first], BOUND_ASK)
