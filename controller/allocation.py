@@ -254,6 +254,8 @@ class _Tree:
         if self.pre is not self._identity:
             # Nodes of one depth in pre-order: their gun slices then come in ascending order.
             self.by_depth = [nd[np.argsort(self.pre[nd])] for nd in self.by_depth]
+        self.pre_lo = [self.pre[nd] for nd in self.by_depth]  # subtree = pre-order range
+        self.pre_hi = [p + self.size[nd] for p, nd in zip(self.pre_lo, self.by_depth)]
 
     def _preorder(self) -> np.ndarray:
         n, parent, size = self.n, self.parent, self.size
@@ -281,25 +283,16 @@ class _Tree:
             pre[nd] = pre[pd] + 1 + before
         return pre
 
-    def chain(self, nodes: np.ndarray) -> np.ndarray:
-        """Ancestors of ``nodes`` (self included), shape (len, max_depth + 1), column d holding
-        the ancestor at depth d, so a node only ever appears in one column; padded with ``n``
-        (a dummy node whose headroom is always infinite)."""
-        out = np.full((nodes.size, self.max_depth + 1), self.n, np.int64)
-        cur = nodes.astype(np.int64)
-        rows = np.arange(nodes.size)
-        while rows.size:
-            out[rows, self.depth[cur]] = cur
-            up = self.parent[cur]
-            keep = up >= 0
-            rows, cur = rows[keep], up[keep]
-        return out
-
 
 class _Block:
     """The guns of one class, sorted by the pre-order rank of their node, with per-depth
     slices: ``lo[d], hi[d]`` are the slice ends of the nodes ``nodes[d]`` at depth d that
-    have at least one gun of the block below them."""
+    have at least one gun of the block below them.
+
+    The block works in a *compact node space*: those nodes, depth by depth, concatenated
+    (``cnodes``; depth d at ``off[d]:off[d+1]``), plus one dummy at the end whose room is
+    infinite. Per-node arrays of a class are that long, not as long as the whole forest.
+    """
 
     def __init__(self, tree: _Tree, gun_pre: np.ndarray):
         self.tree = tree
@@ -309,34 +302,39 @@ class _Block:
         cs = np.zeros(tree.n + 1, np.int64)
         np.cumsum(cnt, out=cs[1:])
         self.nodes, self.lo, self.hi = [], [], []
-        for nd in tree.by_depth:
-            p = tree.pre[nd]
-            lo, hi = cs[p], cs[p + tree.size[nd]]
+        for nd, p0, p1 in zip(tree.by_depth, tree.pre_lo, tree.pre_hi):
+            lo, hi = cs[p0], cs[p1]
             keep = hi > lo
             self.nodes.append(nd[keep])
             self.lo.append(lo[keep])
             self.hi.append(hi[keep])
         self.tiles = [lo.size > 0 and lo[0] == 0 and hi[-1] == self.n and bool(np.all(lo[1:] == hi[:-1]))
                       for lo, hi in zip(self.lo, self.hi)]
+        self.off = np.zeros(len(self.nodes) + 1, np.int64)
+        np.cumsum([nd.size for nd in self.nodes], out=self.off[1:])
+        self.cnodes = np.concatenate(self.nodes)
+        self.nc = self.cnodes.size  # index of the dummy
 
     def chain(self) -> np.ndarray:
-        """Depth-aligned ancestor chain of every gun of the block (see :meth:`_Tree.chain`),
-        built from the slices with one ``repeat`` per depth; cached."""
+        """Compact ids of every gun's ancestors, column d = the ancestor at depth d (so a node
+        only ever sits in one column), the dummy where a gun's node is above depth d. Built
+        from the slices with one ``repeat`` per depth; cached."""
         if self._chain is None:
-            dummy = self.tree.n
+            dummy = self.nc
             ch = np.empty((self.n, len(self.nodes)), np.int64)
             for d in range(len(self.nodes)):
-                nodes, lo, hi = self.nodes[d], self.lo[d], self.hi[d]
+                lo, hi = self.lo[d], self.hi[d]
+                ids = np.arange(self.off[d], self.off[d + 1])
                 if self.tiles[d]:
-                    ch[:, d] = np.repeat(nodes, hi - lo)
+                    ch[:, d] = np.repeat(ids, hi - lo)
                     continue
-                if nodes.size == 0:
+                if ids.size == 0:
                     ch[:, d] = dummy
                     continue
                 # Slices with the gaps between them (guns whose node is above depth d).
-                vals = np.empty(2 * nodes.size + 1, np.int64)
-                lens = np.empty(2 * nodes.size + 1, np.int64)
-                vals[0::2], vals[1::2] = dummy, nodes
+                vals = np.empty(2 * ids.size + 1, np.int64)
+                lens = np.empty(2 * ids.size + 1, np.int64)
+                vals[0::2], vals[1::2] = dummy, ids
                 lens[0] = lo[0]
                 lens[1::2] = hi - lo
                 lens[2:-1:2] = lo[1:] - hi[:-1]
@@ -360,10 +358,11 @@ class _Block:
         return np.add.reduceat(v, idx)[0::2]
 
     def subtree_sums(self, v: np.ndarray) -> np.ndarray:
-        """Per node (length tree.n + 1, last = dummy 0): sum of ``v`` over the block's guns below it."""
-        out = np.zeros(self.tree.n + 1)
+        """Per compact node (+ dummy 0): sum of ``v`` over the block's guns below it."""
+        out = np.empty(self.nc + 1)
         for d in range(len(self.nodes)):
-            out[self.nodes[d]] = self.seg_sum(v, d)
+            out[self.off[d] : self.off[d + 1]] = self.seg_sum(v, d)
+        out[-1] = 0.0
         return out
 
 
@@ -374,7 +373,7 @@ def _water_fill(blk: _Block, room: np.ndarray, d: np.ndarray, w: np.ndarray, bou
     """Weighted max-min fill, exact, bottom-up over depths.
 
     ``d``: what each gun may still take (kW, block order), ``w``: weights, ``room``: kW each
-    node may still give (length tree.n + 1). Returns the gun amounts; writes the node that
+    node may still give (compact node space of the block). Returns the gun amounts; writes the node that
     last lowered a gun into ``bound`` (block order).
 
     Per binding node, the level L solves sum_i min(d_i, w_i L) = room. The function is
@@ -389,7 +388,7 @@ def _water_fill(blk: _Block, room: np.ndarray, d: np.ndarray, w: np.ndarray, bou
         nodes = blk.nodes[depth]
         if nodes.size == 0:
             continue
-        r = room[nodes]
+        r = room[blk.off[depth] : blk.off[depth + 1]]
         tot = blk.seg_sum(d, depth)
         bind = tot > r  # not binding: nothing to do at this node
         if not bind.any():
@@ -575,90 +574,93 @@ def allocate(problem: AllocationProblem, *, validate: bool = True) -> Allocation
 
 def _allocate_class(tree, room, g, gun_node, cap, mn, w, step, setpoint, bound_by, last=False):
     """One priority class: admission of minimums, water-fill, module steps; then take what
-    the class used off ``room`` (in place) for the classes after it."""
+    the class used off ``room`` (in place) for the classes after it.
+
+    ``g``: the class's guns in block order. Works in the block's compact node space."""
     blk = _Block(tree, tree.pre[gun_node[g]])
     m, c, ww = mn[g], cap[g], w[g]
-    site = tree.root[gun_node[g]]
+    room_c = np.append(room[blk.cnodes], np.inf)  # + dummy
+    site = None  # root per gun (compact id of its depth-0 ancestor), only when needed
 
     # --- admission of minimums
     want = np.where(m > 0, m, 0.0)
     admitted = np.ones(g.size, bool)
     if want.any():
-        over = blk.subtree_sums(want) > room + _FIT_TOL_KW
+        want_c = blk.subtree_sums(want)
+        over = want_c > room_c + _FIT_TOL_KW
         if over.any():
             # A gun is contested only if some ancestor cannot hold every minimum below it;
             # guns with no such ancestor are admitted whatever the others do.
-            anyover = over[:-1].copy()
-            for dd in range(1, tree.max_depth + 1):
-                nd = tree.by_depth[dd]
-                anyover[nd] |= anyover[tree.parent[nd]]
-            contested = (want > 0) & anyover[gun_node[g]]
-            sure = np.where(contested, 0.0, want)
-            slack = room - blk.subtree_sums(sure)
+            ch = blk.chain()
+            cand = np.flatnonzero(want > 0)
+            cand = cand[over[ch[cand]].any(axis=1)]
+            sure = want.copy()
+            sure[cand] = 0.0
+            slack = room_c - blk.subtree_sums(sure)
             slack[-1] = np.inf
-            ci = np.flatnonzero(contested)
-            ci = ci[_greedy_order(m[ci], ww[ci])]
-            gi = g[ci]
-            t = _greedy(site[ci], blk.chain()[ci], m[ci], np.ones(ci.size), slack)
-            shed = t < 1
-            admitted[ci[shed]] = False
-            bound_by[gi[shed]] = BOUND_SHED
-    fixed = np.where(admitted, m, 0.0)
+            cand = cand[_greedy_order(m[cand], ww[cand])]
+            site = ch[:, 0]
+            t = _greedy(site[cand], ch[cand], m[cand], np.ones(cand.size), slack)
+            shed = cand[t < 1]
+            admitted[shed] = False
+            bound_by[g[shed]] = BOUND_SHED
+            fixed = np.where(admitted, m, 0.0)
+            fixed_c = blk.subtree_sums(fixed)
+        else:
+            fixed, fixed_c = want, want_c
+    else:
+        fixed, fixed_c = want, np.zeros(blk.nc + 1)
     inc = np.where(admitted, c - m, 0.0)
     bnd = np.full(g.size, BOUND_ASK, np.int64)
 
     # --- water-fill above the minimums
-    r = room - blk.subtree_sums(fixed)
-    x = fixed + _water_fill(blk, r, inc, ww, bnd)
+    x = fixed + _water_fill(blk, room_c - fixed_c, inc, ww, bnd)
 
     # --- module steps
-    if step is not None:
-        s = step[g]
-        stepped = (s > 0) & admitted
-        if stepped.any():
-            sd = np.where(stepped, s, 1.0)
-            x = np.where(stepped, np.floor(x / sd + 1e-9) * sd, x)
-            x = np.where(stepped, np.maximum(x, fixed), x)
-            # Top-up: whole steps into what rounding freed (and headroom nobody took), with
-            # the unstepped guns still at their water-fill share, so the stepped guns only get
-            # back what rounding took from them, not their neighbours' share.
-            slack = room - blk.subtree_sums(x)
-            slack[-1] = np.inf
-            # One step per gun per pass, in admission order, until a pass gives no step.
-            cand = np.flatnonzero(stepped & (x < c - _FIT_TOL_KW))
-            cand = cand[_greedy_order(m[cand], ww[cand])]
-            ch = blk.chain()[cand]
-            while cand.size:
-                fits = s[cand] <= slack[ch].min(axis=1) + _FIT_TOL_KW
-                cand, ch = cand[fits], ch[fits]
-                if not cand.size:
-                    break
-                t = _greedy(site[cand], ch, s[cand], np.ones(cand.size), slack)
-                x[cand] += t * s[cand]
-                more = (t > 0) & (x[cand] < c[cand] - _FIT_TOL_KW)
-                cand, ch = cand[more], ch[more]
-            # Refill the unstepped guns around the now fixed stepped ones.
-            fixed2 = np.where(stepped, x, fixed)
-            inc2 = np.where(stepped | ~admitted, 0.0, c - m)
-            bnd = np.where(stepped, bnd, BOUND_ASK)
-            r2 = room - blk.subtree_sums(fixed2)
-            x = fixed2 + _water_fill(blk, r2, inc2, ww, bnd)
-            # Stepped guns below their cap: bound by the deepest ancestor left with less than
-            # one step of headroom (it is what stops one more step).
-            left = room - blk.subtree_sums(x)
-            below = np.flatnonzero(stepped & (x < c - _FIT_TOL_KW))
-            if below.size:
-                ch = blk.chain()[below]
-                blocked = left[ch] < s[below][:, None] - _FIT_TOL_KW
-                first = blocked.shape[1] - 1 - np.argmax(blocked[:, ::-1], axis=1)  # deepest
-                bnd[below] = np.where(blocked.any(axis=1), ch[np.arange(below.size), first], BOUND_ASK)
-            room[:] = left
-            room[-1] = np.inf
-            _store(g, admitted, x, bnd, setpoint, bound_by)
-            return
+    s = None if step is None else step[g]
+    stepped = None if s is None else (s > 0) & admitted
+    if stepped is not None and stepped.any():
+        ch = blk.chain()
+        sd = np.where(stepped, s, 1.0)
+        x = np.where(stepped, np.maximum(np.floor(x / sd + 1e-9) * sd, fixed), x)
+        # Top-up: whole steps into what rounding freed (and headroom nobody took), with the
+        # unstepped guns still at their water-fill share, so the stepped guns only get back
+        # what rounding took from them, not their neighbours' share. One step per gun per
+        # pass, in admission order, until a pass gives no step.
+        slack = room_c - blk.subtree_sums(x)
+        slack[-1] = np.inf
+        cand = np.flatnonzero(stepped & (x < c - _FIT_TOL_KW))
+        cand = cand[_greedy_order(m[cand], ww[cand])]
+        cch = ch[cand]
+        while cand.size:
+            fits = s[cand] <= slack[cch].min(axis=1) + _FIT_TOL_KW
+            cand, cch = cand[fits], cch[fits]
+            if not cand.size:
+                break
+            t = _greedy(cch[:, 0], cch, s[cand], np.ones(cand.size), slack)
+            x[cand] += t * s[cand]
+            more = (t > 0) & (x[cand] < c[cand] - _FIT_TOL_KW)
+            cand, cch = cand[more], cch[more]
+        # Refill the unstepped guns around the now fixed stepped ones.
+        fixed2 = np.where(stepped, x, fixed)
+        inc2 = np.where(stepped, 0.0, inc)
+        bnd[~stepped] = BOUND_ASK
+        x = fixed2 + _water_fill(blk, room_c - blk.subtree_sums(fixed2), inc2, ww, bnd)
+        # Stepped guns below their cap: bound by the deepest ancestor left with less than one
+        # step of headroom (it is what stops one more step).
+        used_c = blk.subtree_sums(x)
+        left = room_c - used_c
+        below = np.flatnonzero(stepped & (x < c - _FIT_TOL_KW))
+        if below.size:
+            bch = ch[below]
+            blocked = left[bch] < s[below][:, None] - _FIT_TOL_KW
+            first = blocked.shape[1] - 1 - np.argmax(blocked[:, ::-1], axis=1)  # deepest
+            cid = bch[np.arange(below.size), first]
+            bnd[below] = np.where(blocked.any(axis=1), np.append(blk.cnodes, -1)[cid], BOUND_ASK)
+    elif not last:
+        used_c = blk.subtree_sums(x)
     if not last:
-        room -= blk.subtree_sums(x)
-        room[-1] = np.inf
+        room[blk.cnodes] -= used_c[:-1]
     _store(g, admitted, x, bnd, setpoint, bound_by)
 
 
