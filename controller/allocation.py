@@ -19,14 +19,14 @@ an independent plain-Python implementation of exactly these rules):
    A class only sees the headroom the classes before it left at every node
    (``limit - used``), so a lower class never reduces what a higher class gets.
 3. Inside a class, minimums first (admission): guns with ``mn > 0`` are taken in admission
-   order -- weight descending, then ``mn`` ascending, then the pre-order position of their
-   node (the node index when nodes are numbered depth-first; in general a depth-first walk,
-   roots and siblings by index), then ``cap`` ascending, then input position (this last key
-   only separates guns equal in every field, which are interchangeable) -- and each one is
-   admitted if ``mn`` fits in the remaining headroom of every ancestor node, which it then
-   reserves; otherwise it is shed (0 kW, ``BOUND_SHED``) and reserves nothing, so what it
-   would have taken goes to the others. (Guns under no over-subscribed node are admitted
-   without looking at the order: nothing can stop them.)
+   order -- weight descending, then ``mn`` ascending, then ``cap`` ascending, then the
+   pre-order position of their node (the node index when nodes are numbered depth-first; in
+   general a depth-first walk, roots and siblings by index); guns still tied are equal in
+   every field that matters and interchangeable -- and each one is admitted if ``mn`` fits
+   in the remaining headroom of every ancestor node, which it then reserves; otherwise it is
+   shed (0 kW, ``BOUND_SHED``) and reserves nothing, so what it would have taken goes to the
+   others. (Guns under no over-subscribed node are admitted without looking at the order:
+   nothing can stop them.)
 4. Then weighted max-min water-filling of the power *above the minimums*: admitted gun i gets
    ``mn_i + min(cap_i - mn_i, w_i * L_i)`` where ``L_i`` is the lowest water level of the
    nodes above it; each node's level is the one at which its subtree exactly uses its
@@ -488,10 +488,10 @@ def _greedy(site, ch, unit, max_units, slack):
     return taken
 
 
-def _greedy_order(m: np.ndarray, w: np.ndarray) -> np.ndarray:
+def _greedy_order(m: np.ndarray, w: np.ndarray, c: np.ndarray) -> np.ndarray:
     """Admission order of items given in block order: weight descending, then minimum
-    ascending, then block order (node pre-order, cap ascending, input position)."""
-    return np.lexsort((m, -w))
+    ascending, then cap ascending, then block order (node pre-order)."""
+    return np.lexsort((c, m, -w))
 
 
 # ----------------------------------------------------------------------------- allocate
@@ -550,17 +550,20 @@ def allocate(problem: AllocationProblem, *, validate: bool = True) -> Allocation
         cls = (np.cumsum(present) - 1)[prio - lo_p]
     else:
         classes, cls = np.unique(prio, return_inverse=True)
-    # Inside a node: cap ascending, then input position; this block order is the last
-    # tie-break of admission (only guns equal in every field are left to input position).
-    key = cls.astype(np.int64) * (n_n + 1) + tree.pre[gun_node]
-    key = np.where(active, key, np.int64(len(classes)) * (n_n + 1))  # inactive last, skipped
-    dk = key[1:] - key[:-1]
-    if np.all((dk > 0) | ((dk == 0) & (cap[1:] >= cap[:-1]))):
-        order = np.arange(n_g)  # already in block order (as the controller builds arrays)
+    # The order of guns inside one node is free: no rule looks at it (admission sorts its
+    # candidates by weight, minimum and cap itself, then by this block order, which is node
+    # pre-order; what is left are guns equal in every field that matters, interchangeable).
+    ncls = len(classes)
+    gpre = tree.pre[gun_node]
+    cls = np.where(active, cls, ncls)  # inactive guns last, skipped
+    if np.all(gpre[1:] >= gpre[:-1]):
+        # Guns already in node order (as the controller and scheduler build them): a stable
+        # radix sort by class keeps it, in O(n).
+        order = np.argsort(cls.astype(np.int16) if ncls < 32767 else cls, kind="stable")
     else:
-        order = np.lexsort((cap, key))
-    ks = key[order]
-    bounds = np.searchsorted(ks, np.arange(len(classes) + 1) * (n_n + 1))
+        order = np.argsort(cls.astype(np.int64) * (n_n + 1) + gpre)
+    key = cls[order]
+    bounds = np.searchsorted(key, np.arange(ncls + 1))
     for c in range(len(classes)):
         g = order[bounds[c] : bounds[c + 1]]
         if g.size:
@@ -598,7 +601,7 @@ def _allocate_class(tree, room, g, gun_node, cap, mn, w, step, setpoint, bound_b
             sure[cand] = 0.0
             slack = room_c - blk.subtree_sums(sure)
             slack[-1] = np.inf
-            cand = cand[_greedy_order(m[cand], ww[cand])]
+            cand = cand[_greedy_order(m[cand], ww[cand], c[cand])]
             site = ch[:, 0]
             t = _greedy(site[cand], ch[cand], m[cand], np.ones(cand.size), slack)
             shed = cand[t < 1]
@@ -630,7 +633,7 @@ def _allocate_class(tree, room, g, gun_node, cap, mn, w, step, setpoint, bound_b
         slack = room_c - blk.subtree_sums(x)
         slack[-1] = np.inf
         cand = np.flatnonzero(stepped & (x < c - _FIT_TOL_KW))
-        cand = cand[_greedy_order(m[cand], ww[cand])]
+        cand = cand[_greedy_order(m[cand], ww[cand], c[cand])]
         cch = ch[cand]
         while cand.size:
             fits = s[cand] <= slack[cch].min(axis=1) + _FIT_TOL_KW
