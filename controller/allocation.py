@@ -400,23 +400,50 @@ def _water_fill(blk: _Block, room: np.ndarray, d: np.ndarray, w: np.ndarray, bou
         np.cumsum(lens[:-1], out=starts[1:])
         idx = np.repeat(lo - starts, lens) + np.arange(int(lens.sum()))
         dd, ww = d[idx], w[idx]
-        sat = dd <= 0.0
-        while True:
-            dsat = np.add.reduceat(np.where(sat, dd, 0.0), starts)
-            wun = np.add.reduceat(np.where(sat, 0.0, ww), starts)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                lam = np.where(wun > 0, (r - dsat) / wun, np.inf)
-            lam = np.maximum(lam, 0.0)
-            lg = np.repeat(lam, lens)
-            new = sat | (dd <= ww * lg)
-            if np.array_equal(new, sat):
-                break
-            sat = new
+        lam = _levels(dd, ww, r, lens, starts)
+        lg = np.repeat(lam, lens)
         lvl = ww * lg
         hit = dd >= lvl
         bound[idx[hit]] = np.repeat(nodes, lens)[hit]
         d[idx] = np.minimum(dd, lvl)
     return d
+
+
+def _levels(dd, ww, r, lens, starts):
+    """Water level per segment: L with sum(min(dd, ww L)) = r over each segment of guns
+    (segments non-empty and binding: sum(dd) > r >= 0). Newton from below on the concave
+    sum; only the segments whose saturated set still changes are iterated again."""
+    sat = dd <= 0.0
+    lam = np.zeros(lens.size)
+    act = None  # None: every segment, on the full arrays (the first round, no gathers)
+    a_lens, a_starts, a_r = lens, starts, r
+    while True:
+        if act is None:
+            sd, da, wa = sat, dd, ww
+        else:
+            sd, da, wa = sat[gi], dd[gi], ww[gi]
+        dsat = np.add.reduceat(np.where(sd, da, 0.0), a_starts)
+        wun = np.add.reduceat(np.where(sd, 0.0, wa), a_starts)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            la = np.where(wun > 0, (a_r - dsat) / wun, np.inf)
+        np.maximum(la, 0.0, out=la)
+        new = da <= wa * np.repeat(la, a_lens)
+        new |= sd
+        grew = np.add.reduceat(new != sd, a_starts) > 0
+        if act is None:
+            lam[:] = la
+            sat = new
+            act = np.flatnonzero(grew)
+        else:
+            lam[act] = la
+            sat[gi] = new
+            act = act[grew]
+        if act.size == 0:
+            return lam
+        a_lens, a_r = lens[act], r[act]
+        a_starts = np.zeros(act.size, np.int64)
+        np.cumsum(a_lens[:-1], out=a_starts[1:])
+        gi = np.repeat(starts[act] - a_starts, a_lens) + np.arange(int(a_lens.sum()))
 
 
 # ----------------------------------------------------------------------------- greedy packing
