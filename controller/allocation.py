@@ -216,7 +216,7 @@ def self_max_ok(depth: np.ndarray) -> bool:
 
 
 class _Tree:
-    """Depth, subtree size, pre-order rank and root of every node.
+    """Depth, subtree size and pre-order rank of every node.
 
     Subtrees are contiguous in pre-order, so once guns are sorted by the pre-order rank of
     their node, the guns below any node form one slice: segmented sums are ``reduceat``
@@ -245,11 +245,6 @@ class _Tree:
             nd = self.by_depth[d]
             size += np.bincount(parent[nd], weights=size[nd], minlength=n).astype(np.int64)
         self.size = size
-        root = np.arange(n)
-        for d in range(1, self.max_depth + 1):
-            nd = self.by_depth[d]
-            root[nd] = root[parent[nd]]
-        self.root = root
         self.pre = self._preorder()
         if self.pre is not self._identity:
             # Nodes of one depth in pre-order: their gun slices then come in ascending order.
@@ -282,6 +277,23 @@ class _Tree:
             before = cs - size[nd] - (cs[grp_start] - size[nd[grp_start]])
             pre[nd] = pre[pd] + 1 + before
         return pre
+
+
+_TREE_CACHE: list = []  # [(node_parent copy, _Tree)]: the last forest seen
+
+
+def _tree_of(node_parent: np.ndarray) -> _Tree:
+    """The forest's _Tree, reused when ``node_parent`` equals the last call's (a control loop
+    or a simulation calls with one topology over and over; checking costs one compare pass,
+    building ~5 passes per depth). A pure cache: same input, same object, no state leaks."""
+    cached = _TREE_CACHE[0] if _TREE_CACHE else None
+    if cached is not None and cached[0].shape == node_parent.shape and np.array_equal(cached[0], node_parent):
+        return cached[1]
+    tree = _Tree(node_parent.astype(np.int64, copy=True))
+    for arr in [tree.parent, tree.depth, tree.size, tree.pre, *tree.by_depth, *tree.pre_lo, *tree.pre_hi]:
+        arr.flags.writeable = False  # shared between calls: nobody may write into it
+    _TREE_CACHE[:] = [(tree.parent, tree)]
+    return tree
 
 
 class _Block:
@@ -508,7 +520,8 @@ def _greedy(site, ch, unit, max_units, slack):
         ui = np.flatnonzero(und)
         if ui.size == 0:
             break
-        hopeless = unit[ui] > slack[ch[ui]].min(axis=1) + _FIT_TOL_KW
+        cols = [j for j, _, _ in levels]  # only these depths can run out
+        hopeless = unit[ui] > slack[ch[ui[:, None], cols]].min(axis=1) + _FIT_TOL_KW if cols else np.zeros(ui.size, bool)
         und[ui[hopeless]] = False  # takes 0
         if not und.any():
             break
@@ -546,7 +559,7 @@ def allocate(problem: AllocationProblem, *, validate: bool = True) -> Allocation
     mn = a["min_kw"].astype(np.float64, copy=False)
     w = a["weight"].astype(np.float64, copy=False)
     prio = a["priority"]
-    tree = _Tree(a["node_parent"].astype(np.int64, copy=False))
+    tree = _tree_of(a["node_parent"])
 
     cap = np.minimum(ask, upper)
     cap_code = np.where(upper < ask, BOUND_UPPER, BOUND_ASK)
