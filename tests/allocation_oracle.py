@@ -90,6 +90,19 @@ def _progressive_fill(parent, room, guns, anc, base, inc, w):
     return got, bound
 
 
+def _preorder(parent):
+    """Depth-first position of every node: roots by index, children by index."""
+    kids = {}
+    for n, p in enumerate(parent):
+        kids.setdefault(p, []).append(n)
+    pos, stack = {}, list(reversed(kids.get(-1, [])))
+    while stack:
+        n = stack.pop()
+        pos[n] = len(pos)
+        stack.extend(reversed(kids.get(n, [])))
+    return pos
+
+
 def oracle_allocate(gun_node, upper_kw, min_kw, ask_kw, priority, weight,
                     node_parent, node_limit_kw, node_step_kw=None):
     """Return (setpoint list, shed list of bool) for plain sequences (any batch)."""
@@ -98,6 +111,7 @@ def oracle_allocate(gun_node, upper_kw, min_kw, ask_kw, priority, weight,
     room = [float(x) for x in node_limit_kw]
     steps = [0.0] * len(parent) if node_step_kw is None else [float(s) for s in node_step_kw]
     anc = [_ancestors(parent, int(gun_node[i])) for i in range(n_g)]
+    pre = _preorder(parent)
     root = [a[-1] for a in anc]
     step, cap, mn = [], [], []
     for i in range(n_g):
@@ -123,7 +137,7 @@ def oracle_allocate(gun_node, upper_kw, min_kw, ask_kw, priority, weight,
             guns.append(i)
         w = {i: float(weight[i]) for i in guns}
         # Admission, one gun at a time in the documented order.
-        adm_key = lambda i: (-w[i], mn[i], int(gun_node[i]), cap[i], i)
+        adm_key = lambda i: (-w[i], mn[i], cap[i], pre[int(gun_node[i])], i)
         left = list(room)
         admitted = []
         for i in sorted(guns, key=adm_key):
@@ -147,14 +161,19 @@ def oracle_allocate(gun_node, upper_kw, min_kw, ask_kw, priority, weight,
             for i in admitted:
                 for a in anc[i]:
                     slack[a] -= val[i]
-            todo = [i for i in stepped if val[i] < cap[i] - FIT_TOL_KW]
-            for i in sorted(todo, key=lambda i: (root[i], (val[i] - mn[i]) / w[i]) + adm_key(i)):
-                free = min(slack[a] for a in anc[i])
-                t = min(math.floor((cap[i] - val[i]) / step[i] + 1e-9), math.floor((free + FIT_TOL_KW) / step[i]))
-                t = max(t, 0)
-                val[i] += t * step[i]
-                for a in anc[i]:
-                    slack[a] -= t * step[i]
+            # Passes in admission order, one step per gun per pass, until a pass gives none.
+            while True:
+                gave = False
+                for i in sorted(stepped, key=adm_key):
+                    if val[i] + step[i] > cap[i] + FIT_TOL_KW:
+                        continue
+                    if all(step[i] <= slack[a] + FIT_TOL_KW for a in anc[i]):
+                        val[i] += step[i]
+                        for a in anc[i]:
+                            slack[a] -= step[i]
+                        gave = True
+                if not gave:
+                    break
             base2 = {i: (val[i] if step[i] > 0 else mn[i]) for i in admitted}
             inc2 = {i: (0.0 if step[i] > 0 else cap[i] - mn[i]) for i in admitted}
             got2, _ = _progressive_fill(parent, room, admitted, anc, base2, inc2, w)
