@@ -39,7 +39,8 @@ from controller.allocation import (  # noqa: E402
 FEEDERS, PILES_PER_FEEDER, GUNS_PER_PILE = 5, 10, 2
 
 
-def depot_batch(n_sites: int, seed: int = 0, shuffle_guns: bool = False) -> AllocationProblem:
+def depot_batch(n_sites: int, seed: int = 0, shuffle_guns: bool = False, site_frac: float = 0.6,
+                feeder_frac: float = 0.8) -> AllocationProblem:
     """n_sites sites of 100 guns each, nodes numbered depth-first per site."""
     rng = np.random.default_rng(seed)
     per_site_nodes = 1 + FEEDERS * (1 + PILES_PER_FEEDER)
@@ -83,12 +84,12 @@ def depot_batch(n_sites: int, seed: int = 0, shuffle_guns: bool = False) -> Allo
     mn = np.minimum(minimum[g_pile], upper)
     prio = rng.choice(3, size=n_g, p=[0.05, 0.6, 0.35])
     weight = rng.choice([1.0, 1.0, 2.0, 0.5], size=n_g)
-    # Feeders at ~55% and sites at ~40% of what their guns ask: always binding.
+    # Sites and feeders get a fraction of what their guns ask: always binding.
     site_of_gun = np.repeat(np.arange(S), g_per)
     ask_site = np.bincount(site_of_gun, weights=np.minimum(ask, upper), minlength=S)
-    limit[np.arange(S) * n_n] = 0.4 * ask_site
+    limit[np.arange(S) * n_n] = site_frac * ask_site
     feeders = np.flatnonzero(np.tile(kind, S) == 1)
-    limit[feeders] = np.repeat(0.55 * ask_site / FEEDERS, FEEDERS)
+    limit[feeders] = np.repeat(feeder_frac * ask_site / FEEDERS, FEEDERS)
     if shuffle_guns:
         perm = rng.permutation(n_g)
         gun_node, upper, mn, ask, prio, weight = (a[perm] for a in (gun_node, upper, mn, ask, prio, weight))

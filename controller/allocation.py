@@ -19,14 +19,14 @@ an independent plain-Python implementation of exactly these rules):
    A class only sees the headroom the classes before it left at every node
    (``limit - used``), so a lower class never reduces what a higher class gets.
 3. Inside a class, minimums first (admission): guns with ``mn > 0`` are taken in admission
-   order -- weight descending, then ``mn`` ascending, then the pre-order position of their
-   node (the node index when nodes are numbered depth-first; in general a depth-first walk,
-   roots and siblings by index), then ``cap`` ascending, then input position (this last key
-   only separates guns equal in every field, which are interchangeable) -- and each one is
-   admitted if ``mn`` fits in the remaining headroom of every ancestor node, which it then
-   reserves; otherwise it is shed (0 kW, ``BOUND_SHED``) and reserves nothing, so what it
-   would have taken goes to the others. (Guns under no over-subscribed node are admitted
-   without looking at the order: nothing can stop them.)
+   order -- weight descending, then ``mn`` ascending, then ``cap`` ascending, then the
+   pre-order position of their node (the node index when nodes are numbered depth-first; in
+   general a depth-first walk, roots and siblings by index); guns still tied are equal in
+   every field that matters and interchangeable -- and each one is admitted if ``mn`` fits
+   in the remaining headroom of every ancestor node, which it then reserves; otherwise it is
+   shed (0 kW, ``BOUND_SHED``) and reserves nothing, so what it would have taken goes to the
+   others. (Guns under no over-subscribed node are admitted without looking at the order:
+   nothing can stop them.)
 4. Then weighted max-min water-filling of the power *above the minimums*: admitted gun i gets
    ``mn_i + min(cap_i - mn_i, w_i * L_i)`` where ``L_i`` is the lowest water level of the
    nodes above it; each node's level is the one at which its subtree exactly uses its
@@ -179,7 +179,7 @@ def _validate(a: dict[str, np.ndarray]) -> None:
         bad = v <= 0 if name == "weight" else v < 0
         if bad.any():
             i = _first(bad)
-            raise ValueError(f"{name}[{i}]: {v[i]!r} must be {'> 0' if name == 'weight' else '>= 0'}")
+            raise ValueError(f"{name}[{i}]: {float(v[i])!r} must be {'> 0' if name == 'weight' else '>= 0'}")
     if n_g:
         gn = a["gun_node"]
         bad = (gn < 0) | (gn >= n_n)
@@ -189,7 +189,7 @@ def _validate(a: dict[str, np.ndarray]) -> None:
         bad = a["min_kw"] > a["upper_kw"]
         if bad.any():
             i = _first(bad)
-            raise ValueError(f"min_kw[{i}]: {a['min_kw'][i]!r} is above upper_kw[{i}] = {a['upper_kw'][i]!r}")
+            raise ValueError(f"min_kw[{i}]: {float(a['min_kw'][i])!r} is above upper_kw[{i}] = {float(a['upper_kw'][i])!r}")
     if n_n:
         par = a["node_parent"]
         bad = (par < -1) | (par >= n_n) | (par == np.arange(n_n))
@@ -211,8 +211,12 @@ def _validate(a: dict[str, np.ndarray]) -> None:
 # ----------------------------------------------------------------------------- the tree
 
 
+def self_max_ok(depth: np.ndarray) -> bool:
+    return depth.size == 0 or int(depth.max()) < 32767
+
+
 class _Tree:
-    """Depth, subtree size, pre-order rank and root of every node.
+    """Depth, subtree size and pre-order rank of every node.
 
     Subtrees are contiguous in pre-order, so once guns are sorted by the pre-order rank of
     their node, the guns below any node form one slice: segmented sums are ``reduceat``
@@ -232,7 +236,8 @@ class _Tree:
             idx, anc = idx[keep], parent[anc[keep]]
         self.depth = depth
         self.max_depth = int(depth.max()) if n else 0
-        order = np.argsort(depth, kind="stable")
+        # Small ints sort stably by radix in O(n); int64 would take a comparison sort.
+        order = np.argsort(depth.astype(np.int16 if self_max_ok(depth) else np.int64), kind="stable")
         bounds = np.searchsorted(depth[order], np.arange(self.max_depth + 2))
         self.by_depth = [order[bounds[d] : bounds[d + 1]] for d in range(self.max_depth + 1)]
         size = np.ones(n, np.int64)
@@ -240,14 +245,12 @@ class _Tree:
             nd = self.by_depth[d]
             size += np.bincount(parent[nd], weights=size[nd], minlength=n).astype(np.int64)
         self.size = size
-        root = np.arange(n)
-        for d in range(1, self.max_depth + 1):
-            nd = self.by_depth[d]
-            root[nd] = root[parent[nd]]
-        self.root = root
         self.pre = self._preorder()
-        # Nodes of one depth in pre-order: their gun slices then come in ascending order.
-        self.by_depth = [nd[np.argsort(self.pre[nd])] for nd in self.by_depth]
+        if self.pre is not self._identity:
+            # Nodes of one depth in pre-order: their gun slices then come in ascending order.
+            self.by_depth = [nd[np.argsort(self.pre[nd])] for nd in self.by_depth]
+        self.pre_lo = [self.pre[nd] for nd in self.by_depth]  # subtree = pre-order range
+        self.pre_hi = [p + self.size[nd] for p, nd in zip(self.pre_lo, self.by_depth)]
 
     def _preorder(self) -> np.ndarray:
         n, parent, size = self.n, self.parent, self.size
@@ -258,6 +261,7 @@ class _Tree:
         # in its parent's range is enough: the ranges then fill up exactly.
         p = parent[nr]
         c = ar[nr]
+        self._identity = ar
         if np.all((p < c) & (c + size[nr] <= p + size[p])):
             return ar
         pre = np.zeros(n, np.int64)
@@ -274,42 +278,82 @@ class _Tree:
             pre[nd] = pre[pd] + 1 + before
         return pre
 
-    def chain(self, nodes: np.ndarray) -> np.ndarray:
-        """Ancestors of ``nodes`` (self included), shape (len, max_depth + 1), column d holding
-        the ancestor at depth d, so a node only ever appears in one column; padded with ``n``
-        (a dummy node whose headroom is always infinite)."""
-        out = np.full((nodes.size, self.max_depth + 1), self.n, np.int64)
-        cur = nodes.astype(np.int64)
-        rows = np.arange(nodes.size)
-        while rows.size:
-            out[rows, self.depth[cur]] = cur
-            up = self.parent[cur]
-            keep = up >= 0
-            rows, cur = rows[keep], up[keep]
-        return out
+
+_TREE_CACHE: list = []  # [(node_parent copy, _Tree)]: the last forest seen
+
+
+def _tree_of(node_parent: np.ndarray) -> _Tree:
+    """The forest's _Tree, reused when ``node_parent`` equals the last call's (a control loop
+    or a simulation calls with one topology over and over; checking costs one compare pass,
+    building ~5 passes per depth). A pure cache: same input, same object, no state leaks."""
+    cached = _TREE_CACHE[0] if _TREE_CACHE else None
+    if cached is not None and cached[0].shape == node_parent.shape and np.array_equal(cached[0], node_parent):
+        return cached[1]
+    tree = _Tree(node_parent.astype(np.int64, copy=True))
+    for arr in [tree.parent, tree.depth, tree.size, tree.pre, *tree.by_depth, *tree.pre_lo, *tree.pre_hi]:
+        arr.flags.writeable = False  # shared between calls: nobody may write into it
+    _TREE_CACHE[:] = [(tree.parent, tree)]
+    return tree
 
 
 class _Block:
     """The guns of one class, sorted by the pre-order rank of their node, with per-depth
     slices: ``lo[d], hi[d]`` are the slice ends of the nodes ``nodes[d]`` at depth d that
-    have at least one gun of the block below them."""
+    have at least one gun of the block below them.
+
+    The block works in a *compact node space*: those nodes, depth by depth, concatenated
+    (``cnodes``; depth d at ``off[d]:off[d+1]``), plus one dummy at the end whose room is
+    infinite. Per-node arrays of a class are that long, not as long as the whole forest.
+    """
 
     def __init__(self, tree: _Tree, gun_pre: np.ndarray):
         self.tree = tree
         self.n = gun_pre.size
+        self._chain = None
         cnt = np.bincount(gun_pre, minlength=tree.n)
         cs = np.zeros(tree.n + 1, np.int64)
         np.cumsum(cnt, out=cs[1:])
         self.nodes, self.lo, self.hi = [], [], []
-        for nd in tree.by_depth:
-            p = tree.pre[nd]
-            lo, hi = cs[p], cs[p + tree.size[nd]]
+        for nd, p0, p1 in zip(tree.by_depth, tree.pre_lo, tree.pre_hi):
+            lo, hi = cs[p0], cs[p1]
             keep = hi > lo
             self.nodes.append(nd[keep])
             self.lo.append(lo[keep])
             self.hi.append(hi[keep])
         self.tiles = [lo.size > 0 and lo[0] == 0 and hi[-1] == self.n and bool(np.all(lo[1:] == hi[:-1]))
                       for lo, hi in zip(self.lo, self.hi)]
+        self.off = np.zeros(len(self.nodes) + 1, np.int64)
+        np.cumsum([nd.size for nd in self.nodes], out=self.off[1:])
+        self.cnodes = np.concatenate(self.nodes)
+        self.nc = self.cnodes.size  # index of the dummy
+
+    def chain(self) -> np.ndarray:
+        """Compact ids of every gun's ancestors, column d = the ancestor at depth d (so a node
+        only ever sits in one column), the dummy where a gun's node is above depth d. Built
+        from the slices with one ``repeat`` per depth; cached."""
+        if self._chain is None:
+            dummy = self.nc
+            ch = np.empty((self.n, len(self.nodes)), np.int64)
+            for d in range(len(self.nodes)):
+                lo, hi = self.lo[d], self.hi[d]
+                ids = np.arange(self.off[d], self.off[d + 1])
+                if self.tiles[d]:
+                    ch[:, d] = np.repeat(ids, hi - lo)
+                    continue
+                if ids.size == 0:
+                    ch[:, d] = dummy
+                    continue
+                # Slices with the gaps between them (guns whose node is above depth d).
+                vals = np.empty(2 * ids.size + 1, np.int64)
+                lens = np.empty(2 * ids.size + 1, np.int64)
+                vals[0::2], vals[1::2] = dummy, ids
+                lens[0] = lo[0]
+                lens[1::2] = hi - lo
+                lens[2:-1:2] = lo[1:] - hi[:-1]
+                lens[-1] = self.n - hi[-1]
+                ch[:, d] = np.repeat(vals, lens)
+            self._chain = ch
+        return self._chain
 
     def seg_sum(self, v: np.ndarray, d: int) -> np.ndarray:
         """Sum of ``v`` (block order) over each slice at depth d; exact per slice (no global
@@ -326,10 +370,11 @@ class _Block:
         return np.add.reduceat(v, idx)[0::2]
 
     def subtree_sums(self, v: np.ndarray) -> np.ndarray:
-        """Per node (length tree.n + 1, last = dummy 0): sum of ``v`` over the block's guns below it."""
-        out = np.zeros(self.tree.n + 1)
+        """Per compact node (+ dummy 0): sum of ``v`` over the block's guns below it."""
+        out = np.empty(self.nc + 1)
         for d in range(len(self.nodes)):
-            out[self.nodes[d]] = self.seg_sum(v, d)
+            out[self.off[d] : self.off[d + 1]] = self.seg_sum(v, d)
+        out[-1] = 0.0
         return out
 
 
@@ -340,7 +385,7 @@ def _water_fill(blk: _Block, room: np.ndarray, d: np.ndarray, w: np.ndarray, bou
     """Weighted max-min fill, exact, bottom-up over depths.
 
     ``d``: what each gun may still take (kW, block order), ``w``: weights, ``room``: kW each
-    node may still give (length tree.n + 1). Returns the gun amounts; writes the node that
+    node may still give (compact node space of the block). Returns the gun amounts; writes the node that
     last lowered a gun into ``bound`` (block order).
 
     Per binding node, the level L solves sum_i min(d_i, w_i L) = room. The function is
@@ -355,7 +400,7 @@ def _water_fill(blk: _Block, room: np.ndarray, d: np.ndarray, w: np.ndarray, bou
         nodes = blk.nodes[depth]
         if nodes.size == 0:
             continue
-        r = room[nodes]
+        r = room[blk.off[depth] : blk.off[depth + 1]]
         tot = blk.seg_sum(d, depth)
         bind = tot > r  # not binding: nothing to do at this node
         if not bind.any():
@@ -367,23 +412,50 @@ def _water_fill(blk: _Block, room: np.ndarray, d: np.ndarray, w: np.ndarray, bou
         np.cumsum(lens[:-1], out=starts[1:])
         idx = np.repeat(lo - starts, lens) + np.arange(int(lens.sum()))
         dd, ww = d[idx], w[idx]
-        sat = dd <= 0.0
-        while True:
-            dsat = np.add.reduceat(np.where(sat, dd, 0.0), starts)
-            wun = np.add.reduceat(np.where(sat, 0.0, ww), starts)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                lam = np.where(wun > 0, (r - dsat) / wun, np.inf)
-            lam = np.maximum(lam, 0.0)
-            lg = np.repeat(lam, lens)
-            new = sat | (dd <= ww * lg)
-            if np.array_equal(new, sat):
-                break
-            sat = new
+        lam = _levels(dd, ww, r, lens, starts)
+        lg = np.repeat(lam, lens)
         lvl = ww * lg
         hit = dd >= lvl
         bound[idx[hit]] = np.repeat(nodes, lens)[hit]
         d[idx] = np.minimum(dd, lvl)
     return d
+
+
+def _levels(dd, ww, r, lens, starts):
+    """Water level per segment: L with sum(min(dd, ww L)) = r over each segment of guns
+    (segments non-empty and binding: sum(dd) > r >= 0). Newton from below on the concave
+    sum; only the segments whose saturated set still changes are iterated again."""
+    sat = dd <= 0.0
+    lam = np.zeros(lens.size)
+    act = None  # None: every segment, on the full arrays (the first round, no gathers)
+    a_lens, a_starts, a_r = lens, starts, r
+    while True:
+        if act is None:
+            sd, da, wa = sat, dd, ww
+        else:
+            sd, da, wa = sat[gi], dd[gi], ww[gi]
+        dsat = np.add.reduceat(np.where(sd, da, 0.0), a_starts)
+        wun = np.add.reduceat(np.where(sd, 0.0, wa), a_starts)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            la = np.where(wun > 0, (a_r - dsat) / wun, np.inf)
+        np.maximum(la, 0.0, out=la)
+        new = da <= wa * np.repeat(la, a_lens)
+        new |= sd
+        grew = np.add.reduceat(new != sd, a_starts) > 0
+        if act is None:
+            lam[:] = la
+            sat = new
+            act = np.flatnonzero(grew)
+        else:
+            lam[act] = la
+            sat[gi] = new
+            act = act[grew]
+        if act.size == 0:
+            return lam
+        a_lens, a_r = lens[act], r[act]
+        a_starts = np.zeros(act.size, np.int64)
+        np.cumsum(a_lens[:-1], out=a_starts[1:])
+        gi = np.repeat(starts[act] - a_starts, a_lens) + np.arange(int(a_lens.sum()))
 
 
 # ----------------------------------------------------------------------------- greedy packing
@@ -408,8 +480,8 @@ def _greedy(site, ch, unit, max_units, slack):
     if k == 0:
         return taken
     full = max_units * unit
-    _, sid = np.unique(site, return_inverse=True)
-    ns = int(sid.max()) + 1
+    sid = site  # root node ids: index a per-node array instead of compacting with a sort
+    ns = slack.size
     pos = np.arange(k)
     levels = []
     for j in range(ch.shape[1]):
@@ -433,12 +505,8 @@ def _greedy(site, ch, unit, max_units, slack):
             np.minimum(avail, slack[ch[:, j]] - pre, out=avail)
         fail = np.flatnonzero(und & (full > avail + _FIT_TOL_KW))
         ff = np.full(ns, k)
-        if fail.size:
-            fs, first = np.unique(sid[fail], return_index=True)
-            f = fail[first]
-            ff[fs] = f
-        else:
-            f = fail
+        np.minimum.at(ff, sid[fail], fail)  # first misfit of each site
+        f = fail[ff[sid[fail]] == fail]
         dec = und & (pos < ff[sid])
         taken[dec] = max_units[dec]
         taken[f] = np.clip(np.floor((avail[f] + _FIT_TOL_KW) / unit[f]), 0.0, max_units[f])
@@ -452,17 +520,18 @@ def _greedy(site, ch, unit, max_units, slack):
         ui = np.flatnonzero(und)
         if ui.size == 0:
             break
-        hopeless = unit[ui] > slack[ch[ui]].min(axis=1) + _FIT_TOL_KW
+        cols = [j for j, _, _ in levels]  # only these depths can run out
+        hopeless = unit[ui] > slack[ch[ui[:, None], cols]].min(axis=1) + _FIT_TOL_KW if cols else np.zeros(ui.size, bool)
         und[ui[hopeless]] = False  # takes 0
         if not und.any():
             break
     return taken
 
 
-def _greedy_order(m: np.ndarray, w: np.ndarray) -> np.ndarray:
+def _greedy_order(m: np.ndarray, w: np.ndarray, c: np.ndarray) -> np.ndarray:
     """Admission order of items given in block order: weight descending, then minimum
-    ascending, then block order (node pre-order, cap ascending, input position)."""
-    return np.lexsort((m, -w))
+    ascending, then cap ascending, then block order (node pre-order)."""
+    return np.lexsort((c, m, -w))
 
 
 # ----------------------------------------------------------------------------- allocate
@@ -490,7 +559,7 @@ def allocate(problem: AllocationProblem, *, validate: bool = True) -> Allocation
     mn = a["min_kw"].astype(np.float64, copy=False)
     w = a["weight"].astype(np.float64, copy=False)
     prio = a["priority"]
-    tree = _Tree(a["node_parent"].astype(np.int64, copy=False))
+    tree = _tree_of(a["node_parent"])
 
     cap = np.minimum(ask, upper)
     cap_code = np.where(upper < ask, BOUND_UPPER, BOUND_ASK)
@@ -514,113 +583,127 @@ def allocate(problem: AllocationProblem, *, validate: bool = True) -> Allocation
 
     # Guns sorted by (class, pre-order of node): every class is a block and inside it every
     # subtree a slice. Order among guns of one node does not matter to any rule.
-    classes, cls = np.unique(prio, return_inverse=True)
-    # Inside a node: cap ascending, then input position; this block order is the last
-    # tie-break of admission (only guns equal in every field are left to input position).
-    key = cls.astype(np.int64) * (n_n + 1) + tree.pre[gun_node]
-    key = np.where(active, key, np.int64(len(classes)) * (n_n + 1))  # inactive last, skipped
-    dk = key[1:] - key[:-1]
-    if np.all((dk > 0) | ((dk == 0) & (cap[1:] >= cap[:-1]))):
-        order = np.arange(n_g)  # already in block order (as the controller builds arrays)
+    lo_p, hi_p = int(prio.min()), int(prio.max())
+    if hi_p - lo_p < 4 * n_g + 1024:  # small class numbers: a table instead of a sort
+        present = np.bincount(prio - lo_p) > 0
+        classes = np.flatnonzero(present) + lo_p
+        cls = (np.cumsum(present) - 1)[prio - lo_p]
     else:
-        order = np.lexsort((cap, key))
-    ks = key[order]
-    bounds = np.searchsorted(ks, np.arange(len(classes) + 1) * (n_n + 1))
+        classes, cls = np.unique(prio, return_inverse=True)
+    # The order of guns inside one node is free: no rule looks at it (admission sorts its
+    # candidates by weight, minimum and cap itself, then by this block order, which is node
+    # pre-order; what is left are guns equal in every field that matters, interchangeable).
+    ncls = len(classes)
+    gpre = tree.pre[gun_node]
+    cls = np.where(active, cls, ncls)  # inactive guns last, skipped
+    if np.all(gpre[1:] >= gpre[:-1]):
+        # Guns already in node order (as the controller and scheduler build them): a stable
+        # radix sort by class keeps it, in O(n).
+        order = np.argsort(cls.astype(np.int16) if ncls < 32767 else cls, kind="stable")
+    else:
+        order = np.argsort(cls.astype(np.int64) * (n_n + 1) + gpre)
+    key = cls[order]
+    bounds = np.searchsorted(key, np.arange(ncls + 1))
     for c in range(len(classes)):
         g = order[bounds[c] : bounds[c + 1]]
         if g.size:
-            _allocate_class(tree, room, g, gun_node, cap, mn, w, step, setpoint, bound_by)
+            last = c == len(classes) - 1  # nobody after it needs the room that is left
+            _allocate_class(tree, room, g, gun_node, cap, mn, w, step, setpoint, bound_by, last)
     full = active & (setpoint >= cap - _FIT_TOL_KW) & (bound_by != BOUND_SHED)
     bound_by[full] = cap_code[full]
     setpoint[full] = cap[full]
     return Allocation(setpoint, bound_by)
 
 
-def _allocate_class(tree, room, g, gun_node, cap, mn, w, step, setpoint, bound_by):
+def _allocate_class(tree, room, g, gun_node, cap, mn, w, step, setpoint, bound_by, last=False):
     """One priority class: admission of minimums, water-fill, module steps; then take what
-    the class used off ``room`` (in place) for the classes after it."""
+    the class used off ``room`` (in place) for the classes after it.
+
+    ``g``: the class's guns in block order. Works in the block's compact node space."""
     blk = _Block(tree, tree.pre[gun_node[g]])
     m, c, ww = mn[g], cap[g], w[g]
-    site = tree.root[gun_node[g]]
+    room_c = np.append(room[blk.cnodes], np.inf)  # + dummy
+    site = None  # root per gun (compact id of its depth-0 ancestor), only when needed
 
     # --- admission of minimums
     want = np.where(m > 0, m, 0.0)
     admitted = np.ones(g.size, bool)
     if want.any():
-        over = blk.subtree_sums(want) > room + _FIT_TOL_KW
+        want_c = blk.subtree_sums(want)
+        over = want_c > room_c + _FIT_TOL_KW
         if over.any():
             # A gun is contested only if some ancestor cannot hold every minimum below it;
             # guns with no such ancestor are admitted whatever the others do.
-            anyover = over[:-1].copy()
-            for dd in range(1, tree.max_depth + 1):
-                nd = tree.by_depth[dd]
-                anyover[nd] |= anyover[tree.parent[nd]]
-            contested = (want > 0) & anyover[gun_node[g]]
-            sure = np.where(contested, 0.0, want)
-            slack = room - blk.subtree_sums(sure)
+            ch = blk.chain()
+            cand = np.flatnonzero(want > 0)
+            cand = cand[over[ch[cand]].any(axis=1)]
+            sure = want.copy()
+            sure[cand] = 0.0
+            slack = room_c - blk.subtree_sums(sure)
             slack[-1] = np.inf
-            ci = np.flatnonzero(contested)
-            ci = ci[_greedy_order(m[ci], ww[ci])]
-            gi = g[ci]
-            t = _greedy(site[ci], tree.chain(gun_node[gi]), m[ci], np.ones(ci.size), slack)
-            shed = t < 1
-            admitted[ci[shed]] = False
-            bound_by[gi[shed]] = BOUND_SHED
-    fixed = np.where(admitted, m, 0.0)
+            cand = cand[_greedy_order(m[cand], ww[cand], c[cand])]
+            site = ch[:, 0]
+            t = _greedy(site[cand], ch[cand], m[cand], np.ones(cand.size), slack)
+            shed = cand[t < 1]
+            admitted[shed] = False
+            bound_by[g[shed]] = BOUND_SHED
+            fixed = np.where(admitted, m, 0.0)
+            fixed_c = blk.subtree_sums(fixed)
+        else:
+            fixed, fixed_c = want, want_c
+    else:
+        fixed, fixed_c = want, np.zeros(blk.nc + 1)
     inc = np.where(admitted, c - m, 0.0)
     bnd = np.full(g.size, BOUND_ASK, np.int64)
 
     # --- water-fill above the minimums
-    r = room - blk.subtree_sums(fixed)
-    x = fixed + _water_fill(blk, r, inc, ww, bnd)
+    x = fixed + _water_fill(blk, room_c - fixed_c, inc, ww, bnd)
 
     # --- module steps
-    if step is not None:
-        s = step[g]
-        stepped = (s > 0) & admitted
-        if stepped.any():
-            sd = np.where(stepped, s, 1.0)
-            x = np.where(stepped, np.floor(x / sd + 1e-9) * sd, x)
-            x = np.where(stepped, np.maximum(x, fixed), x)
-            # Top-up: whole steps into what rounding freed (and headroom nobody took), with
-            # the unstepped guns still at their water-fill share, so the stepped guns only get
-            # back what rounding took from them, not their neighbours' share.
-            slack = room - blk.subtree_sums(x)
-            slack[-1] = np.inf
-            # One step per gun per pass, in admission order, until a pass gives no step.
-            cand = np.flatnonzero(stepped & (x < c - _FIT_TOL_KW))
-            cand = cand[_greedy_order(m[cand], ww[cand])]
-            ch = tree.chain(gun_node[g[cand]])
-            while cand.size:
-                fits = s[cand] <= slack[ch].min(axis=1) + _FIT_TOL_KW
-                cand, ch = cand[fits], ch[fits]
-                if not cand.size:
-                    break
-                t = _greedy(site[cand], ch, s[cand], np.ones(cand.size), slack)
-                x[cand] += t * s[cand]
-                more = (t > 0) & (x[cand] < c[cand] - _FIT_TOL_KW)
-                cand, ch = cand[more], ch[more]
-            # Refill the unstepped guns around the now fixed stepped ones.
-            fixed2 = np.where(stepped, x, fixed)
-            inc2 = np.where(stepped | ~admitted, 0.0, c - m)
-            bnd = np.where(stepped, bnd, BOUND_ASK)
-            r2 = room - blk.subtree_sums(fixed2)
-            x = fixed2 + _water_fill(blk, r2, inc2, ww, bnd)
-            # Stepped guns below their cap: bound by the deepest ancestor left with less than
-            # one step of headroom (it is what stops one more step).
-            left = room - blk.subtree_sums(x)
-            below = np.flatnonzero(stepped & (x < c - _FIT_TOL_KW))
-            if below.size:
-                ch = tree.chain(gun_node[g[below]])
-                blocked = left[ch] < s[below][:, None] - _FIT_TOL_KW
-                first = blocked.shape[1] - 1 - np.argmax(blocked[:, ::-1], axis=1)  # deepest
-                bnd[below] = np.where(blocked.any(axis=1), ch[np.arange(below.size), first], BOUND_ASK)
-            room[:] = left
-            room[-1] = np.inf
-            _store(g, admitted, x, bnd, setpoint, bound_by)
-            return
-    room -= blk.subtree_sums(x)
-    room[-1] = np.inf
+    s = None if step is None else step[g]
+    stepped = None if s is None else (s > 0) & admitted
+    if stepped is not None and stepped.any():
+        ch = blk.chain()
+        sd = np.where(stepped, s, 1.0)
+        x = np.where(stepped, np.maximum(np.floor(x / sd + 1e-9) * sd, fixed), x)
+        # Top-up: whole steps into what rounding freed (and headroom nobody took), with the
+        # unstepped guns still at their water-fill share, so the stepped guns only get back
+        # what rounding took from them, not their neighbours' share. One step per gun per
+        # pass, in admission order, until a pass gives no step.
+        slack = room_c - blk.subtree_sums(x)
+        slack[-1] = np.inf
+        cand = np.flatnonzero(stepped & (x < c - _FIT_TOL_KW))
+        cand = cand[_greedy_order(m[cand], ww[cand], c[cand])]
+        cch = ch[cand]
+        while cand.size:
+            fits = s[cand] <= slack[cch].min(axis=1) + _FIT_TOL_KW
+            cand, cch = cand[fits], cch[fits]
+            if not cand.size:
+                break
+            t = _greedy(cch[:, 0], cch, s[cand], np.ones(cand.size), slack)
+            x[cand] += t * s[cand]
+            more = (t > 0) & (x[cand] < c[cand] - _FIT_TOL_KW)
+            cand, cch = cand[more], cch[more]
+        # Refill the unstepped guns around the now fixed stepped ones.
+        fixed2 = np.where(stepped, x, fixed)
+        inc2 = np.where(stepped, 0.0, inc)
+        bnd[~stepped] = BOUND_ASK
+        x = fixed2 + _water_fill(blk, room_c - blk.subtree_sums(fixed2), inc2, ww, bnd)
+        # Stepped guns below their cap: bound by the deepest ancestor left with less than one
+        # step of headroom (it is what stops one more step).
+        used_c = blk.subtree_sums(x)
+        left = room_c - used_c
+        below = np.flatnonzero(stepped & (x < c - _FIT_TOL_KW))
+        if below.size:
+            bch = ch[below]
+            blocked = left[bch] < s[below][:, None] - _FIT_TOL_KW
+            first = blocked.shape[1] - 1 - np.argmax(blocked[:, ::-1], axis=1)  # deepest
+            cid = bch[np.arange(below.size), first]
+            bnd[below] = np.where(blocked.any(axis=1), np.append(blk.cnodes, -1)[cid], BOUND_ASK)
+    elif not last:
+        used_c = blk.subtree_sums(x)
+    if not last:
+        room[blk.cnodes] -= used_c[:-1]
     _store(g, admitted, x, bnd, setpoint, bound_by)
 
 

@@ -51,6 +51,8 @@ def assign_guns(sc: Scenario, wants_two: np.ndarray | None = None) -> Assignment
         plugged = np.zeros(n, bool)
 
         def take(i: int, t: int) -> bool:
+            if t >= s.departure[i]:
+                return False
             ok = free & (st.gun_dc | (s.ac_max_kw[i] > 0))
             if not ok.any():
                 return False
@@ -88,6 +90,7 @@ def assign_guns(sc: Scenario, wants_two: np.ndarray | None = None) -> Assignment
                             free[a] = True
                             pile_occ[st.gun_pile[a]] -= 1
                             top_occ[top[a]] -= 1
+                    queue[:] = [q for q in queue if s.departure[q] > t]
                     while queue and take(queue[0], t):
                         queue.pop(0)
             else:

@@ -188,6 +188,7 @@ class Scenario:
     lane_start: list[dt.datetime]
     period: np.ndarray  # (lanes, horizon) period index into PERIODS
     price: np.ndarray  # (lanes, horizon) CNY/kWh electricity
+    period_ext: np.ndarray  # (lanes, horizon + 1 day): to see where a valley cut by the horizon ends
     sessions: Sessions
     rules: Rules = field(default_factory=Rules)
 
@@ -200,7 +201,7 @@ class Scenario:
         v = PERIODS.index("valley")
         out = []
         for lane in range(self.lanes):
-            m = self.period[lane] == v
+            m = self.period_ext[lane] == v
             edges = np.flatnonzero(np.diff(np.r_[0, m.astype(np.int8), 0]))
             out.append(edges.reshape(-1, 2))
         w = max((len(o) for o in out), default=0) or 1
@@ -272,7 +273,8 @@ def build_scenario(station_spec: StationSpec, fleet: list[FleetVehicle], tariff:
         lane = np.zeros_like(day)
         arr_e, dep_e = arr_f - c0, dep_f - c0
         starts = [base + dt.timedelta(minutes=c0)]
-    period = np.stack([tariff.period_index_series(s, horizon) for s in starts])
+    period_ext = np.stack([tariff.period_index_series(s, horizon + MINUTES_PER_DAY) for s in starts])
+    period = period_ext[:, :horizon]
     try:
         table = tariff.price_table(station_spec.price_category.value)
     except KeyError:
@@ -292,7 +294,7 @@ def build_scenario(station_spec: StationSpec, fleet: list[FleetVehicle], tariff:
     )
     return Scenario(station=station, fleet=fleet, tariff=tariff, price_category=station_spec.price_category.value,
                     day0=day0, days=days, seed=seed, lanes=n_lanes, horizon_min=horizon, lane_start=starts,
-                    period=period, price=price, sessions=sessions, rules=rules)
+                    period=period, price=price, period_ext=period_ext, sessions=sessions, rules=rules)
 
 
 def session_full_soc(sc: Scenario, guns: np.ndarray, n_guns: np.ndarray) -> np.ndarray:

@@ -93,7 +93,7 @@ def bands(sc: Scenario) -> tuple[np.ndarray, np.ndarray]:
     return lo, hi
 
 
-def valley_spans(sc: Scenario, ctx: Context):
+def valley_spans(sc: Scenario, ctx: Context, stagger: bool = True):
     """(S, W) valley windows of every session's stay: clipped start/end and the planned start
     (within 30 minutes of the later of valley start and plug-in), and a validity mask."""
     s, a = sc.sessions, ctx.assignment
@@ -104,8 +104,8 @@ def valley_spans(sc: Scenario, ctx: Context):
     e = np.minimum(ve, dep)
     begin = np.maximum(vs, plug)
     valid = (e > begin) & (a.gun0 >= 0)[:, None]
-    stagger = (np.maximum(a.gun0, 0) % 10 * 3)[:, None].astype(float)
-    start = np.where(vs >= plug, vs + stagger, plug)
+    lag = (np.maximum(a.gun0, 0) % 10 * 3)[:, None].astype(float) if stagger else 0.0
+    start = np.where(vs >= plug, vs + lag, plug)
     start = np.minimum(start, e)
     return np.where(valid, begin, np.inf), np.where(valid, start, np.inf), np.where(valid, e, np.inf), valid
 
@@ -164,7 +164,7 @@ def plan_valley(sc: Scenario, ctx: Context) -> Plan:
     lo, hi = bands(sc)
     plugged = a.gun0 >= 0
     begin, start, end, valid = valley_spans(sc, ctx)
-    usable = np.where(valid, end - start, 0.0).sum(axis=1)
+    usable = np.where(valid, _span(start, end), 0.0).sum(axis=1)
     night = valid.any(axis=1)
     todo = plugged & (ctx.need_kwh > 1e-9)
 
@@ -189,6 +189,13 @@ def plan_valley(sc: Scenario, ctx: Context) -> Plan:
         level[und[fix]] = cand[fix]
         need_min[und[fix]] = mtf[fix]
         und = und[~fix]
+
+    # a vehicle that needs every valley minute does not wait for its staggered start
+    _, start0, end0, _ = valley_spans(sc, ctx, stagger=False)
+    usable0 = np.where(valid, _span(start0, end0), 0.0).sum(axis=1)
+    tight = need_min > usable + 1e-9
+    start = np.where(tight[:, None], start0, start)
+    usable = np.where(tight, usable0, usable)
 
     rows = _empty_rows()
     # night: every valley window of the stay at the chosen level
@@ -245,3 +252,9 @@ def make_plan(policy: str, sc: Scenario, ctx: Context) -> Plan:
         from .optimal import plan_optimal
         return plan_optimal(sc, ctx)
     raise ValueError(f"unknown policy {policy!r} (expected one of: {', '.join(POLICIES)})")
+
+
+def _span(start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """end - start where both are finite (padded windows are inf), else 0."""
+    ok = np.isfinite(start) & np.isfinite(end)
+    return np.where(ok, np.where(ok, end, 0.0) - np.where(ok, start, 0.0), 0.0)

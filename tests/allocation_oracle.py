@@ -137,7 +137,7 @@ def oracle_allocate(gun_node, upper_kw, min_kw, ask_kw, priority, weight,
             guns.append(i)
         w = {i: float(weight[i]) for i in guns}
         # Admission, one gun at a time in the documented order.
-        adm_key = lambda i: (-w[i], mn[i], pre[int(gun_node[i])], cap[i], i)
+        adm_key = lambda i: (-w[i], mn[i], cap[i], pre[int(gun_node[i])], i)
         left = list(room)
         admitted = []
         for i in sorted(guns, key=adm_key):
