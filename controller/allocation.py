@@ -1,0 +1,813 @@
+"""Power allocation core: split the power a site may draw across its guns.
+
+Every setpoint evstack writes, live or simulated, comes out of :func:`allocate`. It is pure
+numpy: no I/O, no asyncio, no clock. All power values are in kW.
+
+A problem is a *batch*: many independent limit trees (sites, or time steps of one site)
+concatenated into flat arrays. Each tree has exactly one root node (``node_parent == -1``);
+guns hang below nodes via ``gun_node``. See :class:`AllocationProblem`.
+
+Semantics (docs/allocation.md says the same at more length; tests/allocation_oracle.py is
+an independent plain-Python implementation of exactly these rules):
+
+1. Per gun: step ``s`` = ``node_step_kw`` of its parent node (0 = none). Effective cap
+   ``cap = min(ask_kw, upper_kw)``, rounded *down* to a multiple of ``s``; effective minimum
+   ``mn = min_kw`` rounded *up* to a multiple of ``s``. A gun with ``cap <= 0`` gets 0
+   (bound ``BOUND_ASK`` or ``BOUND_UPPER``); a gun with ``0 < cap < mn`` can never run within
+   its ask and is switched off (``BOUND_SHED``).
+2. Strict priority: classes are served one after the other, lowest ``priority`` number first.
+   A class only sees the headroom the classes before it left at every node
+   (``limit - used``), so a lower class never reduces what a higher class gets.
+3. Inside a class, minimums first (admission): guns with ``mn > 0`` are taken in admission
+   order -- weight descending, then ``mn`` ascending, then ``cap`` ascending, then the
+   pre-order position of their node (the node index when nodes are numbered depth-first; in
+   general a depth-first walk, roots and siblings by index); guns still tied are equal in
+   every field that matters and interchangeable -- and each one is admitted if ``mn`` fits
+   in the remaining headroom of every ancestor node, which it then reserves; otherwise it is
+   shed (0 kW, ``BOUND_SHED``) and reserves nothing, so what it would have taken goes to the
+   others. (Guns under no over-subscribed node are admitted without looking at the order:
+   nothing can stop them.)
+4. Then weighted max-min water-filling of the power *above the minimums*: admitted gun i gets
+   ``mn_i + min(cap_i - mn_i, w_i * L_i)`` where ``L_i`` is the lowest water level of the
+   nodes above it; each node's level is the one at which its subtree exactly uses its
+   remaining headroom (or infinite when it is not binding). Levels are computed bottom-up
+   and exactly (no bisection), see :func:`_water_fill`.
+5. Module steps (only where a node has ``node_step_kw > 0``): stepped guns are rounded down
+   to a multiple of their step (never below their minimum). Then, with the unstepped guns
+   still at their rule-4 share, passes in admission order give each stepped gun below its
+   cap one more step if it fits under every ancestor, until a pass gives none. Then the
+   unstepped guns of the class are water-filled again (rule 4) over what is left, with the
+   stepped guns fixed.
+
+Guarantees (checked by property tests against the oracle): every node's limit holds to
+``LIMIT_TOL_KW``; ``0 <= setpoint <= cap``; a gun that runs is at or above its minimum; no gun
+below its cap could get more without breaking some limit -- for a stepped gun: without
+breaking some limit by a whole step (Pareto); the result does not depend on the order of
+guns in the input.
+
+``bound_by`` per gun: ``BOUND_ASK`` (-1) got its full effective ask; ``BOUND_UPPER`` (-2) got
+its full upper bound (the upper bound was below the ask); ``BOUND_SHED`` (-3) switched off
+because its minimum could not be met; otherwise the index of the node whose limit stopped it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+__all__ = [
+    "BOUND_ASK",
+    "BOUND_UPPER",
+    "BOUND_SHED",
+    "LIMIT_TOL_KW",
+    "AllocationProblem",
+    "Allocation",
+    "allocate",
+    "GunDemand",
+    "LimitNode",
+    "GunResult",
+    "allocate_site",
+]
+
+BOUND_ASK = -1
+"""``bound_by`` code: the gun got its full effective ask (ask, capped by upper, floored to its step)."""
+BOUND_UPPER = -2
+"""``bound_by`` code: the gun got its full upper bound, which was below its ask."""
+BOUND_SHED = -3
+"""``bound_by`` code: the gun is switched off (0 kW) because its minimum could not be met."""
+
+LIMIT_TOL_KW = 1e-6
+"""Every node limit holds to this many kW (the guarantee the tests check)."""
+
+# Internal slack for "does it fit" comparisons. Far below LIMIT_TOL_KW so that many fits
+# that each round up cannot add up to a visible overshoot, far above float noise of kW sums.
+_FIT_TOL_KW = 1e-9
+
+_GUN_FLOAT_FIELDS = ("upper_kw", "min_kw", "ask_kw", "weight")
+_GUN_INT_FIELDS = ("gun_node", "priority")
+
+
+@dataclass(frozen=True)
+class AllocationProblem:
+    """A batch of independent allocation problems as flat 1-D arrays.
+
+    Per gun (all the same length): ``gun_node`` (int, parent node index), ``upper_kw``
+    (least of gun rating, vehicle acceptance, derating, schedule cap; finite),
+    ``min_kw`` (lowest power when on; 0 = may run at any level), ``ask_kw`` (what the
+    schedule asks; finite), ``priority`` (int, lower = served first), ``weight``
+    (> 0, share inside a class).
+
+    Per node: ``node_parent`` (int, -1 for the root of each tree), ``node_limit_kw``
+    (>= 0, ``inf`` = unlimited), ``node_step_kw`` (optional, >= 0; a step on a node makes
+    the setpoints of the guns directly below it multiples of the step; 0 = none).
+
+    The batch is the forest given by ``node_parent``: one tree per root, in any order;
+    nodes and guns of different trees may be interleaved.
+    """
+
+    gun_node: np.ndarray
+    upper_kw: np.ndarray
+    min_kw: np.ndarray
+    ask_kw: np.ndarray
+    priority: np.ndarray
+    weight: np.ndarray
+    node_parent: np.ndarray
+    node_limit_kw: np.ndarray
+    node_step_kw: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """Result of :func:`allocate`: ``setpoint_kw`` per gun (kW) and ``bound_by`` per gun
+    (a node index, or ``BOUND_ASK`` / ``BOUND_UPPER`` / ``BOUND_SHED``)."""
+
+    setpoint_kw: np.ndarray
+    bound_by: np.ndarray
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _arrays(p: AllocationProblem) -> dict[str, np.ndarray]:
+    out = {}
+    for name in _GUN_INT_FIELDS + _GUN_FLOAT_FIELDS + ("node_parent", "node_limit_kw", "node_step_kw"):
+        v = getattr(p, name)
+        if v is None:
+            out[name] = None
+            continue
+        a = np.asarray(v)
+        if a.ndim != 1:
+            raise ValueError(f"{name}: expected a 1-D array, got shape {a.shape}")
+        out[name] = a
+    return out
+
+
+def _first(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+def _validate(a: dict[str, np.ndarray]) -> None:
+    """Raise ``ValueError("field[index]: reason")`` at the first bad value; allocate nothing."""
+    n_g = a["gun_node"].shape[0]
+    n_n = a["node_parent"].shape[0]
+    for name in _GUN_INT_FIELDS + _GUN_FLOAT_FIELDS:
+        if a[name].shape[0] != n_g:
+            raise ValueError(f"{name}: length {a[name].shape[0]}, expected {n_g} (as gun_node)")
+    for name in ("node_limit_kw", "node_step_kw"):
+        if a[name] is not None and a[name].shape[0] != n_n:
+            raise ValueError(f"{name}: length {a[name].shape[0]}, expected {n_n} (as node_parent)")
+    for name in _GUN_INT_FIELDS + ("node_parent",):
+        if n_g and name != "node_parent" or name == "node_parent" and n_n:
+            if not np.issubdtype(a[name].dtype, np.integer):
+                raise ValueError(f"{name}: integer array expected, got dtype {a[name].dtype}")
+    for name in _GUN_FLOAT_FIELDS + ("node_limit_kw", "node_step_kw"):
+        v = a[name]
+        if v is None or v.size == 0:
+            continue
+        if not (np.issubdtype(v.dtype, np.floating) or np.issubdtype(v.dtype, np.integer)):
+            raise ValueError(f"{name}: numeric array expected, got dtype {v.dtype}")
+        v = v.astype(np.float64, copy=False)
+        bad = np.isnan(v)
+        if bad.any():
+            raise ValueError(f"{name}[{_first(bad)}]: NaN")
+        if name != "node_limit_kw":  # only a node may be unlimited
+            bad = np.isinf(v)
+            if bad.any():
+                raise ValueError(f"{name}[{_first(bad)}]: infinite")
+        bad = v <= 0 if name == "weight" else v < 0
+        if bad.any():
+            i = _first(bad)
+            raise ValueError(f"{name}[{i}]: {float(v[i])!r} must be {'> 0' if name == 'weight' else '>= 0'}")
+    if n_g:
+        gn = a["gun_node"]
+        bad = (gn < 0) | (gn >= n_n)
+        if bad.any():
+            i = _first(bad)
+            raise ValueError(f"gun_node[{i}]: {int(gn[i])} is not a node index (0..{n_n - 1})")
+        bad = a["min_kw"] > a["upper_kw"]
+        if bad.any():
+            i = _first(bad)
+            raise ValueError(f"min_kw[{i}]: {float(a['min_kw'][i])!r} is above upper_kw[{i}] = {float(a['upper_kw'][i])!r}")
+    if n_n:
+        par = a["node_parent"]
+        bad = (par < -1) | (par >= n_n) | (par == np.arange(n_n))
+        if bad.any():
+            i = _first(bad)
+            raise ValueError(f"node_parent[{i}]: {int(par[i])} is not -1 or another node's index")
+        # Pointer doubling: after k rounds every node points 2**k steps up (roots point to
+        # themselves), so after ceil(log2 n)+1 rounds a node not pointing at a root is on,
+        # or leads into, a cycle.
+        up = np.where(par < 0, np.arange(n_n), par)
+        for _ in range(int(n_n).bit_length() + 1):
+            up = up[up]
+        bad = par[up] >= 0
+        if bad.any():
+            i = _first(bad)
+            raise ValueError(f"node_parent[{i}]: {int(par[i])} makes a cycle (node {i} never reaches a root)")
+
+
+# ----------------------------------------------------------------------------- the tree
+
+
+def self_max_ok(depth: np.ndarray) -> bool:
+    return depth.size == 0 or int(depth.max()) < 32767
+
+
+class _Tree:
+    """Depth, subtree size and pre-order rank of every node.
+
+    Subtrees are contiguous in pre-order, so once guns are sorted by the pre-order rank of
+    their node, the guns below any node form one slice: segmented sums are ``reduceat``
+    over slices, not scatter-adds.
+    """
+
+    def __init__(self, parent: np.ndarray):
+        n = parent.shape[0]
+        self.n = n
+        self.parent = parent
+        depth = np.zeros(n, np.int64)
+        idx = np.flatnonzero(parent >= 0)
+        anc = parent[idx]
+        while idx.size:  # walk every node up one level per round; rounds = max depth
+            depth[idx] += 1
+            keep = parent[anc] >= 0
+            idx, anc = idx[keep], parent[anc[keep]]
+        self.depth = depth
+        self.max_depth = int(depth.max()) if n else 0
+        # Small ints sort stably by radix in O(n); int64 would take a comparison sort.
+        order = np.argsort(depth.astype(np.int16 if self_max_ok(depth) else np.int64), kind="stable")
+        bounds = np.searchsorted(depth[order], np.arange(self.max_depth + 2))
+        self.by_depth = [order[bounds[d] : bounds[d + 1]] for d in range(self.max_depth + 1)]
+        size = np.ones(n, np.int64)
+        for d in range(self.max_depth, 0, -1):  # bottom-up subtree sizes
+            nd = self.by_depth[d]
+            size += np.bincount(parent[nd], weights=size[nd], minlength=n).astype(np.int64)
+        self.size = size
+        self.pre = self._preorder()
+        if self.pre is not self._identity:
+            # Nodes of one depth in pre-order: their gun slices then come in ascending order.
+            self.by_depth = [nd[np.argsort(self.pre[nd])] for nd in self.by_depth]
+        self.pre_lo = [self.pre[nd] for nd in self.by_depth]  # subtree = pre-order range
+        self.pre_hi = [p + self.size[nd] for p, nd in zip(self.pre_lo, self.by_depth)]
+
+    def _preorder(self) -> np.ndarray:
+        n, parent, size = self.n, self.parent, self.size
+        ar = np.arange(n)
+        nr = parent >= 0
+        # Fast path: the numbering already is a pre-order (every subtree is the index range
+        # [i, i + size[i])), as when a site is built depth-first. Nesting of each child's range
+        # in its parent's range is enough: the ranges then fill up exactly.
+        p = parent[nr]
+        c = ar[nr]
+        self._identity = ar
+        if np.all((p < c) & (c + size[nr] <= p + size[p])):
+            return ar
+        pre = np.zeros(n, np.int64)
+        roots = self.by_depth[0]  # ascending index (stable sort)
+        pre[roots] = np.cumsum(size[roots]) - size[roots]
+        for d in range(1, self.max_depth + 1):
+            nd = self.by_depth[d]  # ascending index
+            nd = nd[np.argsort(parent[nd], kind="stable")]  # siblings together, by index
+            pd = parent[nd]
+            cs = np.cumsum(size[nd])
+            first = np.r_[True, pd[1:] != pd[:-1]]
+            grp_start = np.maximum.accumulate(np.where(first, np.arange(nd.size), 0))
+            before = cs - size[nd] - (cs[grp_start] - size[nd[grp_start]])
+            pre[nd] = pre[pd] + 1 + before
+        return pre
+
+
+_TREE_CACHE: list = []  # [(node_parent copy, _Tree)]: the last forest seen
+
+
+def _tree_of(node_parent: np.ndarray) -> _Tree:
+    """The forest's _Tree, reused when ``node_parent`` equals the last call's (a control loop
+    or a simulation calls with one topology over and over; checking costs one compare pass,
+    building ~5 passes per depth). A pure cache: same input, same object, no state leaks."""
+    cached = _TREE_CACHE[0] if _TREE_CACHE else None
+    if cached is not None and cached[0].shape == node_parent.shape and np.array_equal(cached[0], node_parent):
+        return cached[1]
+    tree = _Tree(node_parent.astype(np.int64, copy=True))
+    for arr in [tree.parent, tree.depth, tree.size, tree.pre, *tree.by_depth, *tree.pre_lo, *tree.pre_hi]:
+        arr.flags.writeable = False  # shared between calls: nobody may write into it
+    _TREE_CACHE[:] = [(tree.parent, tree)]
+    return tree
+
+
+class _Block:
+    """The guns of one class, sorted by the pre-order rank of their node, with per-depth
+    slices: ``lo[d], hi[d]`` are the slice ends of the nodes ``nodes[d]`` at depth d that
+    have at least one gun of the block below them.
+
+    The block works in a *compact node space*: those nodes, depth by depth, concatenated
+    (``cnodes``; depth d at ``off[d]:off[d+1]``), plus one dummy at the end whose room is
+    infinite. Per-node arrays of a class are that long, not as long as the whole forest.
+    """
+
+    def __init__(self, tree: _Tree, gun_pre: np.ndarray):
+        self.tree = tree
+        self.n = gun_pre.size
+        self._chain = None
+        cnt = np.bincount(gun_pre, minlength=tree.n)
+        cs = np.zeros(tree.n + 1, np.int64)
+        np.cumsum(cnt, out=cs[1:])
+        self.nodes, self.lo, self.hi = [], [], []
+        for nd, p0, p1 in zip(tree.by_depth, tree.pre_lo, tree.pre_hi):
+            lo, hi = cs[p0], cs[p1]
+            keep = hi > lo
+            self.nodes.append(nd[keep])
+            self.lo.append(lo[keep])
+            self.hi.append(hi[keep])
+        self.tiles = [lo.size > 0 and lo[0] == 0 and hi[-1] == self.n and bool(np.all(lo[1:] == hi[:-1]))
+                      for lo, hi in zip(self.lo, self.hi)]
+        self.off = np.zeros(len(self.nodes) + 1, np.int64)
+        np.cumsum([nd.size for nd in self.nodes], out=self.off[1:])
+        self.cnodes = np.concatenate(self.nodes)
+        self.nc = self.cnodes.size  # index of the dummy
+
+    def chain(self) -> np.ndarray:
+        """Compact ids of every gun's ancestors, column d = the ancestor at depth d (so a node
+        only ever sits in one column), the dummy where a gun's node is above depth d. Built
+        from the slices with one ``repeat`` per depth; cached."""
+        if self._chain is None:
+            dummy = self.nc
+            ch = np.empty((self.n, len(self.nodes)), np.int64)
+            for d in range(len(self.nodes)):
+                lo, hi = self.lo[d], self.hi[d]
+                ids = np.arange(self.off[d], self.off[d + 1])
+                if self.tiles[d]:
+                    ch[:, d] = np.repeat(ids, hi - lo)
+                    continue
+                if ids.size == 0:
+                    ch[:, d] = dummy
+                    continue
+                # Slices with the gaps between them (guns whose node is above depth d).
+                vals = np.empty(2 * ids.size + 1, np.int64)
+                lens = np.empty(2 * ids.size + 1, np.int64)
+                vals[0::2], vals[1::2] = dummy, ids
+                lens[0] = lo[0]
+                lens[1::2] = hi - lo
+                lens[2:-1:2] = lo[1:] - hi[:-1]
+                lens[-1] = self.n - hi[-1]
+                ch[:, d] = np.repeat(vals, lens)
+            self._chain = ch
+        return self._chain
+
+    def seg_sum(self, v: np.ndarray, d: int) -> np.ndarray:
+        """Sum of ``v`` (block order) over each slice at depth d; exact per slice (no global
+        cumsum, whose rounding would grow with the batch)."""
+        lo, hi = self.lo[d], self.hi[d]
+        if lo.size == 0:
+            return np.zeros(0)
+        if self.tiles[d]:  # slices cover the block end to end: one index per slice
+            return np.add.reduceat(v, lo)
+        idx = np.empty(2 * lo.size, np.int64)
+        idx[0::2], idx[1::2] = lo, hi
+        if hi[-1] == v.size:  # reduceat wants indices < len; the last slice runs to the end anyway
+            idx = idx[:-1]
+        return np.add.reduceat(v, idx)[0::2]
+
+    def subtree_sums(self, v: np.ndarray) -> np.ndarray:
+        """Per compact node (+ dummy 0): sum of ``v`` over the block's guns below it."""
+        out = np.empty(self.nc + 1)
+        for d in range(len(self.nodes)):
+            out[self.off[d] : self.off[d + 1]] = self.seg_sum(v, d)
+        out[-1] = 0.0
+        return out
+
+
+# ----------------------------------------------------------------------------- water-fill
+
+
+def _water_fill(blk: _Block, room: np.ndarray, d: np.ndarray, w: np.ndarray, bound: np.ndarray) -> np.ndarray:
+    """Weighted max-min fill, exact, bottom-up over depths.
+
+    ``d``: what each gun may still take (kW, block order), ``w``: weights, ``room``: kW each
+    node may still give (compact node space of the block). Returns the gun amounts; writes the node that
+    last lowered a gun into ``bound`` (block order).
+
+    Per binding node, the level L solves sum_i min(d_i, w_i L) = room. The function is
+    concave piecewise linear, so Newton's step from below,
+    L <- (room - sum_{saturated} d) / sum_{unsaturated} w, never overshoots and stops exactly
+    when the saturated set stops growing (at most one round per distinct breakpoint, in
+    practice 2-4). The guns' d are then clipped to w L, so a node higher up sees its children
+    already limited; a child's limit keeps holding because its sum is monotone in L.
+    """
+    d = d.copy()
+    for depth in range(len(blk.nodes) - 1, -1, -1):
+        nodes = blk.nodes[depth]
+        if nodes.size == 0:
+            continue
+        r = room[blk.off[depth] : blk.off[depth + 1]]
+        tot = blk.seg_sum(d, depth)
+        bind = tot > r  # not binding: nothing to do at this node
+        if not bind.any():
+            continue
+        nodes, r = nodes[bind], np.maximum(r[bind], 0.0)
+        lo, hi = blk.lo[depth][bind], blk.hi[depth][bind]
+        lens = hi - lo
+        starts = np.zeros(lens.size, np.int64)
+        np.cumsum(lens[:-1], out=starts[1:])
+        idx = np.repeat(lo - starts, lens) + np.arange(int(lens.sum()))
+        dd, ww = d[idx], w[idx]
+        lam = _levels(dd, ww, r, lens, starts)
+        lg = np.repeat(lam, lens)
+        lvl = ww * lg
+        hit = dd >= lvl
+        bound[idx[hit]] = np.repeat(nodes, lens)[hit]
+        d[idx] = np.minimum(dd, lvl)
+    return d
+
+
+def _levels(dd, ww, r, lens, starts):
+    """Water level per segment: L with sum(min(dd, ww L)) = r over each segment of guns
+    (segments non-empty and binding: sum(dd) > r >= 0). Newton from below on the concave
+    sum; only the segments whose saturated set still changes are iterated again."""
+    sat = dd <= 0.0
+    lam = np.zeros(lens.size)
+    act = None  # None: every segment, on the full arrays (the first round, no gathers)
+    a_lens, a_starts, a_r = lens, starts, r
+    while True:
+        if act is None:
+            sd, da, wa = sat, dd, ww
+        else:
+            sd, da, wa = sat[gi], dd[gi], ww[gi]
+        dsat = np.add.reduceat(np.where(sd, da, 0.0), a_starts)
+        wun = np.add.reduceat(np.where(sd, 0.0, wa), a_starts)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            la = np.where(wun > 0, (a_r - dsat) / wun, np.inf)
+        np.maximum(la, 0.0, out=la)
+        new = da <= wa * np.repeat(la, a_lens)
+        new |= sd
+        grew = np.add.reduceat(new != sd, a_starts) > 0
+        if act is None:
+            lam[:] = la
+            sat = new
+            act = np.flatnonzero(grew)
+        else:
+            lam[act] = la
+            sat[gi] = new
+            act = act[grew]
+        if act.size == 0:
+            return lam
+        a_lens, a_r = lens[act], r[act]
+        a_starts = np.zeros(act.size, np.int64)
+        np.cumsum(a_lens[:-1], out=a_starts[1:])
+        gi = np.repeat(starts[act] - a_starts, a_lens) + np.arange(int(a_lens.sum()))
+
+
+# ----------------------------------------------------------------------------- greedy packing
+
+
+def _greedy(site, ch, unit, max_units, slack):
+    """Greedy packing; items come in greedy order (sites may interleave, each site's items
+    are served in the order they appear). Item i takes
+    ``t = min(max_units, floor((least slack over its ancestors + tol) / unit))`` units and its
+    ancestors' slack shrinks by ``t * unit``. ``ch`` is the depth-aligned ancestor chain
+    (:meth:`_Tree.chain`); ``slack`` (per node + dummy) is updated in place.
+
+    Done in rounds that each settle a whole run per site instead of one item: with every
+    undecided item tentatively taking all it wants, the items before the first one that
+    does not fit (grouped prefix sums per ancestor level) get exactly what the one-by-one
+    greedy would give them; the first misfit takes what is left; items that cannot take even
+    one unit of what is now left never will (slack only shrinks) and take 0. So the number of
+    rounds is about the number of partial fits per site, not the number of items.
+    """
+    k = site.size
+    taken = np.zeros(k)
+    if k == 0:
+        return taken
+    full = max_units * unit
+    sid = site  # root node ids: index a per-node array instead of compacting with a sort
+    ns = slack.size
+    pos = np.arange(k)
+    levels = []
+    for j in range(ch.shape[1]):
+        col = ch[:, j]
+        tot = np.bincount(col, weights=full, minlength=slack.size)
+        if not np.any(tot[:-1] > slack[:-1] + _FIT_TOL_KW):
+            continue  # no node at this depth can run out: it never decides anything
+        pj = np.argsort(col * k + pos)  # grouped by ancestor, greedy order inside
+        cs = col[pj]
+        g0 = np.maximum.accumulate(np.where(np.r_[True, cs[1:] != cs[:-1]], pos, 0))
+        levels.append((j, pj, g0))
+    und = np.ones(k, bool)
+    while True:
+        vals = np.where(und, full, 0.0)
+        avail = np.full(k, np.inf)
+        for j, pj, g0 in levels:
+            v = vals[pj]
+            excl = np.cumsum(v) - v
+            pre = np.empty(k)
+            pre[pj] = excl - excl[g0]
+            np.minimum(avail, slack[ch[:, j]] - pre, out=avail)
+        fail = np.flatnonzero(und & (full > avail + _FIT_TOL_KW))
+        ff = np.full(ns, k)
+        np.minimum.at(ff, sid[fail], fail)  # first misfit of each site
+        f = fail[ff[sid[fail]] == fail]
+        dec = und & (pos < ff[sid])
+        taken[dec] = max_units[dec]
+        taken[f] = np.clip(np.floor((avail[f] + _FIT_TOL_KW) / unit[f]), 0.0, max_units[f])
+        dec[f] = True
+        und &= ~dec
+        di = np.flatnonzero(dec)
+        amt = taken[di] * unit[di]
+        for j in range(ch.shape[1]):
+            np.subtract.at(slack, ch[di, j], amt)
+        slack[-1] = np.inf
+        ui = np.flatnonzero(und)
+        if ui.size == 0:
+            break
+        cols = [j for j, _, _ in levels]  # only these depths can run out
+        hopeless = unit[ui] > slack[ch[ui[:, None], cols]].min(axis=1) + _FIT_TOL_KW if cols else np.zeros(ui.size, bool)
+        und[ui[hopeless]] = False  # takes 0
+        if not und.any():
+            break
+    return taken
+
+
+def _greedy_order(m: np.ndarray, w: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Admission order of items given in block order: weight descending, then minimum
+    ascending, then cap ascending, then block order (node pre-order)."""
+    return np.lexsort((c, m, -w))
+
+
+# ----------------------------------------------------------------------------- allocate
+
+
+def allocate(problem: AllocationProblem, *, validate: bool = True) -> Allocation:
+    """Allocate a batch (see the module docstring for the rules). Pure; O(n log n).
+
+    With ``validate=False`` the caller promises valid input (see :func:`_validate`); the
+    result for invalid input is then undefined.
+    """
+    a = _arrays(problem)
+    if validate:
+        _validate(a)
+    n_g = a["gun_node"].shape[0]
+    n_n = a["node_parent"].shape[0]
+    setpoint = np.zeros(n_g)
+    bound_by = np.full(n_g, BOUND_ASK, np.int64)
+    if n_g == 0:
+        return Allocation(setpoint, bound_by)
+
+    gun_node = a["gun_node"].astype(np.int64, copy=False)
+    upper = a["upper_kw"].astype(np.float64, copy=False)
+    ask = a["ask_kw"].astype(np.float64, copy=False)
+    mn = a["min_kw"].astype(np.float64, copy=False)
+    w = a["weight"].astype(np.float64, copy=False)
+    prio = a["priority"]
+    tree = _tree_of(a["node_parent"])
+
+    cap = np.minimum(ask, upper)
+    cap_code = np.where(upper < ask, BOUND_UPPER, BOUND_ASK)
+    step = None
+    if a["node_step_kw"] is not None:
+        st = a["node_step_kw"].astype(np.float64, copy=False)[gun_node]
+        if (st > 0).any():
+            step = st
+            has = st > 0
+            sd = np.where(has, st, 1.0)
+            # Tolerance: 359.99999999 kW asked on a 30 kW step is 12 steps, not 11.
+            cap = np.where(has, np.floor(cap / sd + 1e-9) * sd, cap)
+            mn = np.where(has, np.ceil(mn / sd - 1e-9) * sd, mn)
+    # A gun that cannot run within its own cap: 0 kW. Shed if it asked for something.
+    cannot = cap < mn - _FIT_TOL_KW
+    bound_by[cap <= 0] = cap_code[cap <= 0]
+    bound_by[cannot & (cap > 0)] = BOUND_SHED
+    active = ~cannot & (cap > 0)
+
+    room = np.append(a["node_limit_kw"].astype(np.float64), np.inf)  # + dummy node
+
+    # Guns sorted by (class, pre-order of node): every class is a block and inside it every
+    # subtree a slice. Order among guns of one node does not matter to any rule.
+    lo_p, hi_p = int(prio.min()), int(prio.max())
+    if hi_p - lo_p < 4 * n_g + 1024:  # small class numbers: a table instead of a sort
+        present = np.bincount(prio - lo_p) > 0
+        classes = np.flatnonzero(present) + lo_p
+        cls = (np.cumsum(present) - 1)[prio - lo_p]
+    else:
+        classes, cls = np.unique(prio, return_inverse=True)
+    # The order of guns inside one node is free: no rule looks at it (admission sorts its
+    # candidates by weight, minimum and cap itself, then by this block order, which is node
+    # pre-order; what is left are guns equal in every field that matters, interchangeable).
+    ncls = len(classes)
+    gpre = tree.pre[gun_node]
+    cls = np.where(active, cls, ncls)  # inactive guns last, skipped
+    if np.all(gpre[1:] >= gpre[:-1]):
+        # Guns already in node order (as the controller and scheduler build them): a stable
+        # radix sort by class keeps it, in O(n).
+        order = np.argsort(cls.astype(np.int16) if ncls < 32767 else cls, kind="stable")
+    else:
+        order = np.argsort(cls.astype(np.int64) * (n_n + 1) + gpre)
+    key = cls[order]
+    bounds = np.searchsorted(key, np.arange(ncls + 1))
+    for c in range(len(classes)):
+        g = order[bounds[c] : bounds[c + 1]]
+        if g.size:
+            last = c == len(classes) - 1  # nobody after it needs the room that is left
+            _allocate_class(tree, room, g, gun_node, cap, mn, w, step, setpoint, bound_by, last)
+    full = active & (setpoint >= cap - _FIT_TOL_KW) & (bound_by != BOUND_SHED)
+    bound_by[full] = cap_code[full]
+    setpoint[full] = cap[full]
+    return Allocation(setpoint, bound_by)
+
+
+def _allocate_class(tree, room, g, gun_node, cap, mn, w, step, setpoint, bound_by, last=False):
+    """One priority class: admission of minimums, water-fill, module steps; then take what
+    the class used off ``room`` (in place) for the classes after it.
+
+    ``g``: the class's guns in block order. Works in the block's compact node space."""
+    blk = _Block(tree, tree.pre[gun_node[g]])
+    m, c, ww = mn[g], cap[g], w[g]
+    room_c = np.append(room[blk.cnodes], np.inf)  # + dummy
+    site = None  # root per gun (compact id of its depth-0 ancestor), only when needed
+
+    # --- admission of minimums
+    want = np.where(m > 0, m, 0.0)
+    admitted = np.ones(g.size, bool)
+    if want.any():
+        want_c = blk.subtree_sums(want)
+        over = want_c > room_c + _FIT_TOL_KW
+        if over.any():
+            # A gun is contested only if some ancestor cannot hold every minimum below it;
+            # guns with no such ancestor are admitted whatever the others do.
+            ch = blk.chain()
+            cand = np.flatnonzero(want > 0)
+            cand = cand[over[ch[cand]].any(axis=1)]
+            sure = want.copy()
+            sure[cand] = 0.0
+            slack = room_c - blk.subtree_sums(sure)
+            slack[-1] = np.inf
+            cand = cand[_greedy_order(m[cand], ww[cand], c[cand])]
+            site = ch[:, 0]
+            t = _greedy(site[cand], ch[cand], m[cand], np.ones(cand.size), slack)
+            shed = cand[t < 1]
+            admitted[shed] = False
+            bound_by[g[shed]] = BOUND_SHED
+            fixed = np.where(admitted, m, 0.0)
+            fixed_c = blk.subtree_sums(fixed)
+        else:
+            fixed, fixed_c = want, want_c
+    else:
+        fixed, fixed_c = want, np.zeros(blk.nc + 1)
+    inc = np.where(admitted, c - m, 0.0)
+    bnd = np.full(g.size, BOUND_ASK, np.int64)
+
+    # --- water-fill above the minimums
+    x = fixed + _water_fill(blk, room_c - fixed_c, inc, ww, bnd)
+
+    # --- module steps
+    s = None if step is None else step[g]
+    stepped = None if s is None else (s > 0) & admitted
+    if stepped is not None and stepped.any():
+        ch = blk.chain()
+        sd = np.where(stepped, s, 1.0)
+        x = np.where(stepped, np.maximum(np.floor(x / sd + 1e-9) * sd, fixed), x)
+        # Top-up: whole steps into what rounding freed (and headroom nobody took), with the
+        # unstepped guns still at their water-fill share, so the stepped guns only get back
+        # what rounding took from them, not their neighbours' share. One step per gun per
+        # pass, in admission order, until a pass gives no step.
+        slack = room_c - blk.subtree_sums(x)
+        slack[-1] = np.inf
+        cand = np.flatnonzero(stepped & (x < c - _FIT_TOL_KW))
+        cand = cand[_greedy_order(m[cand], ww[cand], c[cand])]
+        cch = ch[cand]
+        while cand.size:
+            fits = s[cand] <= slack[cch].min(axis=1) + _FIT_TOL_KW
+            cand, cch = cand[fits], cch[fits]
+            if not cand.size:
+                break
+            t = _greedy(cch[:, 0], cch, s[cand], np.ones(cand.size), slack)
+            x[cand] += t * s[cand]
+            more = (t > 0) & (x[cand] < c[cand] - _FIT_TOL_KW)
+            cand, cch = cand[more], cch[more]
+        # Refill the unstepped guns around the now fixed stepped ones.
+        fixed2 = np.where(stepped, x, fixed)
+        inc2 = np.where(stepped, 0.0, inc)
+        bnd[~stepped] = BOUND_ASK
+        x = fixed2 + _water_fill(blk, room_c - blk.subtree_sums(fixed2), inc2, ww, bnd)
+        # Stepped guns below their cap: bound by the deepest ancestor left with less than one
+        # step of headroom (it is what stops one more step).
+        used_c = blk.subtree_sums(x)
+        left = room_c - used_c
+        below = np.flatnonzero(stepped & (x < c - _FIT_TOL_KW))
+        if below.size:
+            bch = ch[below]
+            blocked = left[bch] < s[below][:, None] - _FIT_TOL_KW
+            first = blocked.shape[1] - 1 - np.argmax(blocked[:, ::-1], axis=1)  # deepest
+            cid = bch[np.arange(below.size), first]
+            bnd[below] = np.where(blocked.any(axis=1), np.append(blk.cnodes, -1)[cid], BOUND_ASK)
+    elif not last:
+        used_c = blk.subtree_sums(x)
+    if not last:
+        room[blk.cnodes] -= used_c[:-1]
+    _store(g, admitted, x, bnd, setpoint, bound_by)
+
+
+def _store(g, admitted, x, bnd, setpoint, bound_by):
+    ok = g[admitted]
+    setpoint[ok] = x[admitted]
+    bound_by[ok] = bnd[admitted]
+
+
+# ----------------------------------------------------------------------------- one site
+
+
+@dataclass(frozen=True)
+class LimitNode:
+    """A limit above guns: pile module pool, feeder, transformer, site. ``parent_id`` None
+    for the site root. ``limit_kw`` inf = unlimited; ``step_kw`` > 0 makes the setpoints of
+    the guns directly below this node multiples of it (module size)."""
+
+    id: str
+    parent_id: str | None
+    limit_kw: float = float("inf")
+    step_kw: float = 0.0
+
+
+@dataclass(frozen=True)
+class GunDemand:
+    """One gun's demand: its parent node, what it asks (kW), its upper bound (kW), its
+    minimum when on (kW, 0 = any level), priority class (lower first) and weight (> 0)."""
+
+    id: str
+    node_id: str
+    ask_kw: float
+    upper_kw: float = float("inf")
+    min_kw: float = 0.0
+    priority: int = 0
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class GunResult:
+    """A gun's setpoint (kW) and why it got no more: a node id, or "ask", "upper", "shed"."""
+
+    setpoint_kw: float
+    bound_by: str
+
+
+_CODE_NAMES = {BOUND_ASK: "ask", BOUND_UPPER: "upper", BOUND_SHED: "shed"}
+
+
+def allocate_site(guns: Sequence[GunDemand], nodes: Sequence[LimitNode]) -> dict[str, GunResult]:
+    """Allocate one site given as objects with string ids; returns ``{gun id: GunResult}``.
+
+    Same rules as :func:`allocate`. Raises ``ValueError`` on unknown or duplicate ids and on
+    every bad value :func:`allocate` refuses (named by gun or node id here)."""
+    nid = {}
+    for i, n in enumerate(nodes):
+        if n.id in nid:
+            raise ValueError(f"nodes[{i}]: duplicate node id {n.id!r}")
+        nid[n.id] = i
+    parent = []
+    for i, n in enumerate(nodes):
+        if n.parent_id is None:
+            parent.append(-1)
+        elif n.parent_id in nid:
+            parent.append(nid[n.parent_id])
+        else:
+            raise ValueError(f"nodes[{i}]: node {n.id!r} has unknown parent_id {n.parent_id!r}")
+    gid = set()
+    gun_node = []
+    for i, gd in enumerate(guns):
+        if gd.id in gid:
+            raise ValueError(f"guns[{i}]: duplicate gun id {gd.id!r}")
+        gid.add(gd.id)
+        if gd.node_id not in nid:
+            raise ValueError(f"guns[{i}]: gun {gd.id!r} has unknown node_id {gd.node_id!r}")
+        gun_node.append(nid[gd.node_id])
+    p = AllocationProblem(
+        gun_node=np.array(gun_node, np.int64),
+        upper_kw=np.array([gd.upper_kw for gd in guns], float),
+        min_kw=np.array([gd.min_kw for gd in guns], float),
+        ask_kw=np.array([gd.ask_kw for gd in guns], float),
+        priority=np.array([gd.priority for gd in guns], np.int64),
+        weight=np.array([gd.weight for gd in guns], float),
+        node_parent=np.array(parent, np.int64),
+        node_limit_kw=np.array([n.limit_kw for n in nodes], float),
+        node_step_kw=np.array([n.step_kw for n in nodes], float),
+    )
+    try:
+        res = allocate(p)
+    except ValueError as e:  # name the object, not the array slot
+        raise ValueError(_rename(str(e), guns, nodes)) from None
+    names = [n.id for n in nodes]
+    return {
+        gd.id: GunResult(float(sp), _CODE_NAMES.get(int(b)) or names[int(b)])
+        for gd, sp, b in zip(guns, res.setpoint_kw, res.bound_by)
+    }
+
+
+def _rename(msg: str, guns, nodes) -> str:
+    field, _, rest = msg.partition(": ")
+    name, _, idx = field.partition("[")
+    if not idx:
+        return msg
+    i = int(idx.rstrip("]"))
+    if name in _GUN_FLOAT_FIELDS + _GUN_INT_FIELDS:
+        return f"gun {guns[i].id!r} {name}: {rest}"
+    return f"node {nodes[i].id!r} {name}: {rest}"

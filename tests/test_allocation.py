@@ -1,0 +1,160 @@
+"""Table tests of controller.allocation: worked examples, bad input, the one-site call."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from controller.allocation import (
+    BOUND_ASK,
+    BOUND_SHED,
+    BOUND_UPPER,
+    AllocationProblem,
+    GunDemand,
+    GunResult,
+    LimitNode,
+    allocate,
+    allocate_site,
+)
+
+
+def problem(**kw) -> AllocationProblem:
+    """A one-site problem: root 0 (site), piles 1 and 2 below it; override any field."""
+    base = dict(
+        gun_node=np.array([1, 1, 2]),
+        upper_kw=np.array([180.0, 180.0, 60.0]),
+        min_kw=np.array([0.0, 0.0, 0.0]),
+        ask_kw=np.array([180.0, 180.0, 60.0]),
+        priority=np.array([0, 0, 0]),
+        weight=np.array([1.0, 1.0, 1.0]),
+        node_parent=np.array([-1, 0, 0]),
+        node_limit_kw=np.array([300.0, 360.0, 120.0]),
+        node_step_kw=None,
+    )
+    base.update(kw)
+    return AllocationProblem(**base)
+
+
+# ----------------------------------------------------------------------------- worked examples
+
+EXAMPLES = [
+    # (what it shows, overrides, expected setpoints, expected bound_by)
+    ("equal shares under the site limit", {}, [120, 120, 60], [0, 0, BOUND_ASK]),
+    ("weights split the level", {"weight": np.array([2.0, 1.0, 1.0])}, [160, 80, 60], [0, 0, BOUND_ASK]),
+    ("unlimited site: everyone gets the ask", {"node_limit_kw": np.array([np.inf, 360.0, 120.0])},
+     [180, 180, 60], [BOUND_ASK, BOUND_ASK, BOUND_ASK]),
+    ("pile pool binds below the site", {"node_limit_kw": np.array([1000.0, 200.0, 120.0])},
+     [100, 100, 60], [1, 1, BOUND_ASK]),
+    ("upper below ask is reported as upper", {"upper_kw": np.array([180.0, 50.0, 60.0]), "node_limit_kw": np.array([1000.0, 360.0, 120.0])},
+     [180, 50, 60], [BOUND_ASK, BOUND_UPPER, BOUND_ASK]),
+    ("strict priority: class 0 first", {"priority": np.array([1, 0, 1])}, [60, 180, 60], [0, BOUND_ASK, BOUND_ASK]),
+    ("a minimum that does not fit is shed and its power goes to others",
+     {"priority": np.array([0, 1, 1]), "min_kw": np.array([0.0, 130.0, 0.0])}, [180, 0, 60], [BOUND_ASK, BOUND_SHED, BOUND_ASK]),
+    ("lower weight is shed first", {"min_kw": np.array([100.0, 100.0, 0.0]), "weight": np.array([1.0, 2.0, 1.0]),
+                                    "node_limit_kw": np.array([150.0, 360.0, 120.0])},
+     [0, 100 + 100 / 3, 50 / 3], [BOUND_SHED, 0, 0]),
+    ("fairness is over the power above the minimum", {"min_kw": np.array([0.0, 60.0, 0.0]), "node_limit_kw": np.array([240.0, 360.0, 120.0])},
+     [60, 120, 60], [0, 0, BOUND_ASK]),
+    ("module steps: floor to 30 kW, a step back where it fits, the rest to the unstepped gun",
+     {"node_step_kw": np.array([0.0, 30.0, 0.0]), "node_limit_kw": np.array([260.0, 360.0, 120.0]),
+      "upper_kw": np.array([180.0, 180.0, 100.0]), "ask_kw": np.array([180.0, 180.0, 100.0])},
+     [90, 60, 100], [0, 0, BOUND_ASK]),
+    ("ask of 0 is served", {"ask_kw": np.array([0.0, 180.0, 60.0])}, [0, 180, 60], [BOUND_ASK, BOUND_ASK, BOUND_ASK]),
+    ("ask below the minimum: off", {"ask_kw": np.array([20.0, 180.0, 60.0]), "min_kw": np.array([30.0, 0.0, 0.0])},
+     [0, 180, 60], [BOUND_SHED, BOUND_ASK, BOUND_ASK]),
+]
+
+
+@pytest.mark.parametrize("what,over,want_x,want_b", EXAMPLES, ids=[e[0] for e in EXAMPLES])
+def test_worked_example(what, over, want_x, want_b):
+    r = allocate(problem(**over))
+    np.testing.assert_allclose(r.setpoint_kw, want_x, atol=1e-9)
+    assert r.bound_by.tolist() == want_b
+
+
+def test_qujing_bus_depot_night():
+    """Two 360 kW bus piles (2 x 180 kW guns, 30 kW modules) and a logistics pile on a
+    630 kVA-ish site limit of 500 kW: the emergency top-up is served in full, the valley buses
+    share what is left in whole modules, the logistics vans get the rest."""
+    nodes = [LimitNode("site", None, 500.0), LimitNode("bus-1", "site", 360.0, 30.0),
+             LimitNode("bus-2", "site", 360.0, 30.0), LimitNode("van", "site", 120.0, 20.0)]
+    guns = [GunDemand("b1a", "bus-1", ask_kw=180.0, upper_kw=180.0, min_kw=30.0, priority=0),
+            GunDemand("b1b", "bus-1", ask_kw=150.0, upper_kw=180.0, min_kw=30.0, priority=1),
+            GunDemand("b2a", "bus-2", ask_kw=170.0, upper_kw=180.0, min_kw=30.0, priority=1),
+            GunDemand("b2b", "bus-2", ask_kw=0.0, upper_kw=180.0, min_kw=30.0, priority=1),
+            GunDemand("v1", "van", ask_kw=60.0, upper_kw=60.0, min_kw=15.0, priority=2)]
+    r = allocate_site(guns, nodes)
+    assert r["b1a"] == GunResult(180.0, "ask")
+    assert r["b1b"].setpoint_kw == 150.0 and r["b2a"].setpoint_kw == 150.0
+    assert r["b2b"] == GunResult(0.0, "ask")
+    assert r["v1"] == GunResult(20.0, "site")
+    assert sum(x.setpoint_kw for x in r.values()) <= 500.0
+
+
+def test_empty_problem():
+    r = allocate(problem(gun_node=np.zeros(0, int), upper_kw=np.zeros(0), min_kw=np.zeros(0), ask_kw=np.zeros(0),
+                         priority=np.zeros(0, int), weight=np.zeros(0)))
+    assert r.setpoint_kw.shape == (0,) and r.bound_by.shape == (0,)
+
+
+def test_inputs_are_not_modified():
+    p = problem(node_step_kw=np.array([0.0, 30.0, 0.0]), min_kw=np.array([30.0, 0.0, 0.0]))
+    before = {f: getattr(p, f).copy() for f in p.__dataclass_fields__}
+    allocate(p)
+    for f, v in before.items():
+        np.testing.assert_array_equal(getattr(p, f), v)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+BAD = [
+    ({"upper_kw": np.array([180.0, np.nan, 60.0])}, r"upper_kw\[1\]: NaN"),
+    ({"ask_kw": np.array([180.0, 180.0, np.inf])}, r"ask_kw\[2\]: infinite"),
+    ({"min_kw": np.array([0.0, -1.0, 0.0])}, r"min_kw\[1\]: .*>= 0"),
+    ({"weight": np.array([1.0, 0.0, 1.0])}, r"weight\[1\]: .*> 0"),
+    ({"node_limit_kw": np.array([300.0, -5.0, 120.0])}, r"node_limit_kw\[1\]: .*>= 0"),
+    ({"node_limit_kw": np.array([np.nan, 360.0, 120.0])}, r"node_limit_kw\[0\]: NaN"),
+    ({"node_step_kw": np.array([0.0, np.inf, 0.0])}, r"node_step_kw\[1\]: infinite"),
+    ({"min_kw": np.array([0.0, 0.0, 61.0])}, r"min_kw\[2\]: 61.0 is above upper_kw\[2\]"),
+    ({"node_parent": np.array([-1, 2, 1])}, r"node_parent\[1\]: .*cycle"),
+    ({"node_parent": np.array([1, 0, 0])}, r"node_parent\[0\]: .*cycle"),
+    ({"node_parent": np.array([-1, 1, 0])}, r"node_parent\[1\]: 1 is not"),
+    ({"node_parent": np.array([-1, 7, 0])}, r"node_parent\[1\]: 7 is not"),
+    ({"gun_node": np.array([1, 3, 2])}, r"gun_node\[1\]: 3 is not a node"),
+    ({"weight": np.array([1.0, 1.0])}, r"weight: length 2, expected 3"),
+    ({"node_limit_kw": np.array([300.0, 360.0])}, r"node_limit_kw: length 2, expected 3"),
+    ({"priority": np.array([0.0, 1.0, 0.0])}, r"priority: integer array expected"),
+    ({"upper_kw": np.array([[180.0, 180.0, 60.0]])}, r"upper_kw: expected a 1-D array"),
+]
+
+
+@pytest.mark.parametrize("over,msg", BAD, ids=[m for _, m in BAD])
+def test_bad_input_names_field_and_index(over, msg):
+    with pytest.raises(ValueError, match=msg):
+        allocate(problem(**over))
+
+
+def test_bad_input_in_one_site_names_the_object():
+    nodes = [LimitNode("site", None, 100.0)]
+    with pytest.raises(ValueError, match=r"gun 'g2' upper_kw: NaN"):
+        allocate_site([GunDemand("g1", "site", 10.0, 20.0), GunDemand("g2", "site", 10.0, math.nan)], nodes)
+    with pytest.raises(ValueError, match=r"unknown node_id 'nope'"):
+        allocate_site([GunDemand("g1", "nope", 10.0)], nodes)
+    with pytest.raises(ValueError, match=r"duplicate gun id 'g1'"):
+        allocate_site([GunDemand("g1", "site", 10.0), GunDemand("g1", "site", 10.0)], nodes)
+    with pytest.raises(ValueError, match=r"unknown parent_id 'x'"):
+        allocate_site([], [LimitNode("a", "x")])
+    with pytest.raises(ValueError, match=r"node 'a' node_parent: .*cycle"):
+        allocate_site([], [LimitNode("a", "b"), LimitNode("b", "a")])
+
+
+# ----------------------------------------------------------------------------- one site vs batch
+
+
+def test_allocate_site_matches_batch():
+    nodes = [LimitNode("site", None, 300.0), LimitNode("p1", "site", 360.0), LimitNode("p2", "site", 120.0)]
+    guns = [GunDemand("a", "p1", 180.0, 180.0), GunDemand("b", "p1", 180.0, 180.0), GunDemand("c", "p2", 60.0, 60.0)]
+    r = allocate_site(guns, nodes)
+    assert r == {"a": GunResult(120.0, "site"), "b": GunResult(120.0, "site"), "c": GunResult(60.0, "ask")}
