@@ -7,7 +7,7 @@ overlaps a valley window, whatever the policy):
 - ``gun``: it got a gun before leaving;
 - ``start_within_30min``: first setpoint > 0 no later than 30 min after the later of valley
   start and arrival (waiting for a gun counts against it);
-- ``power_band``: every setpoint during valley minutes within the band (30-60 kW per bus,
+- ``power_band``: every setpoint of a night stay within the band (30-60 kW per bus,
   15-30 kW otherwise; the gun's own range when it cannot reach the band); the battery's taper
   at the end of a charge is exempt (it is the vehicle asking for less);
 - ``full_by_valley_end``: full (see :func:`scheduler.curves.full_soc`) by the end of the last
@@ -80,11 +80,9 @@ def evaluate_rules(run: Run) -> dict:
     lo, hi = bands(sc)
     _, rating, _ = gun_caps(sc, ctx)
     lo_eff = np.minimum(lo, rating)
-    in_v = np.zeros(ss.size, bool)
-    for w in range(vw.shape[1]):
-        in_v |= (t1 > vw[ss, w, 0]) & (t0 < vw[ss, w, 1])
-    last_seg = np.r_[ss[1:] != ss[:-1], True] if ss.size else np.zeros(0, bool)
-    out_band = in_v & ((kw > hi[ss] + 1e-6) | ((kw < lo_eff[ss] - 1e-6) & ~last_seg))
+    # the band holds for the whole night stay (the valley and the other hours it may use)
+    in_v = night[ss] if ss.size else np.zeros(0, bool)
+    out_band = in_v & ((kw > hi[ss] + 1e-6) | ((kw < lo_eff[ss] - 1e-6) & ~res.seg_taper))
     band_bad = np.bincount(ss, weights=out_band, minlength=n) > 0
 
     applies = {
@@ -140,7 +138,7 @@ def build_report(run: Run, findings: list[Finding], *, station_path: str = "", f
     reasons = {
         "gun": "no free gun before departure",
         "start_within_30min": "did not start within 30 min of the later of valley start and arrival",
-        "power_band": "a setpoint outside the power band during the valley",
+        "power_band": "a setpoint outside the power band at night",
         "full_by_valley_end": "not full by the end of the valley",
         "full_by_departure": "not full at departure",
     }

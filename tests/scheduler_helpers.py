@@ -46,7 +46,7 @@ def reference_minutes(run):
         gmin = st.gun_min_kw[g0[act]]
         n_a = ng[act]
         upper = np.minimum(rating, acc / n_a)
-        mn_g = np.where(ask > 0, np.maximum(gmin, mn / n_a), gmin)
+        mn_g = np.where(ask > 0, np.maximum(gmin, np.minimum(mn / n_a, upper)), gmin)
         mn_g = np.minimum(mn_g, rating)
         # guns: one row per (session, gun)
         rows_s = np.r_[np.arange(act.size), np.flatnonzero(asg.gun1[act] >= 0)]

@@ -74,3 +74,17 @@ def test_same_seed_same_result_other_seed_other_days(examples):
     s = r3.scenario.sessions
     d0 = s.day == 0
     assert np.array_equal(s.soc0[d0], [f.arrival_soc_pct for f in fl])
+
+
+@pytest.mark.parametrize("policy", ["valley", "uncontrolled", "optimal"])
+def test_engine_matches_reference_on_ac_and_dc_public_piles(examples, tmp_path, policy):
+    """Unstepped AC guns (the taper followed minute by minute), daytime public vehicles."""
+    st = load_station(examples / "public-car-park.toml")
+    rows = [("CAR1", "car", "18:00", "08:00+1", 20), ("CAR2", "car", "09:00", "12:00", 30),
+            ("TAXI1", "taxi", "22:00", "06:00+1", 10), ("VAN1", "logistics-van", "10:00", "11:00", 20),
+            ("CAR3", "car", "19:00", "07:30+1", 5)] + [(f"C{i}", "car", "20:00", "07:00+1", 10 + i) for i in range(12)]
+    fl = load_fleet(write_fleet(tmp_path / "f.csv", rows), st.catalog)
+    run = run_schedule(st, fl, load_tariff("yunnan-2024"), policy=policy, day0=DAY0)
+    kw, energy, _ = reference_minutes(run)
+    assert np.abs(kw - run.result.minute_kw).max() < 1e-6
+    assert np.abs(energy - run.result.energy_kwh).max() < 1e-6
