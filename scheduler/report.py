@@ -18,6 +18,7 @@ overlaps a valley window, whatever the policy):
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 from pathlib import Path
 
@@ -165,9 +166,15 @@ def build_report(run: Run, findings: list[Finding], *, station_path: str = "", f
             "final_soc_pct": round(float(res.final_soc[i]), 2), "full_soc_pct": round(float(ctx.full_soc[i]), 2),
             "missed": missed,
         })
+    tariff = {"name": sc.tariff.name, "note": sc.tariff.note}
+    last_day = sc.day0 + dt.timedelta(days=sc.days - 1)
+    if sc.tariff.effective_to and sc.day0 > sc.tariff.effective_to:
+        tariff["warning"] = f"in force until {sc.tariff.effective_to}, the run starts {sc.day0}"
+    elif sc.tariff.effective_from and last_day < sc.tariff.effective_from:
+        tariff["warning"] = f"in force from {sc.tariff.effective_from}, the run ends {last_day}"
     doc = {
         "station": st.spec.name, "station_file": station_path, "fleet_file": fleet_path,
-        "policy": run.policy, "tariff": {"name": sc.tariff.name, "note": sc.tariff.note},
+        "policy": run.policy, "tariff": tariff,
         "price_category": sc.price_category, "date": sc.day0.isoformat(), "days": sc.days, "seed": sc.seed,
         "energy_kwh": round(energy, 2),
         "energy_kwh_by_period": {p: round(float(by_period[PERIODS.index(p)]), 2) for p in PERIODS
@@ -223,7 +230,8 @@ def render_text(doc: dict, max_vehicles: int = 25) -> str:
     out.append(f"Schedule: {doc['station']} | policy {doc['policy']} | {doc['date']}"
                + (f" + {doc['days'] - 1} more day(s), seed {doc['seed']}" if doc["days"] > 1 else ""))
     t = doc["tariff"]
-    out.append(f"Tariff: {t['name']}" + (f" ({t['note']})" if t["note"] else "") + f", {doc['price_category']}")
+    out.append(f"Tariff: {t['name']}" + (f" ({t['note']})" if t["note"] else "") + f", {doc['price_category']}"
+               + (f"; NOTE: {t['warning']}" if t.get("warning") else ""))
     out.append(f"Energy {doc['energy_kwh']:,.1f} kWh: " + ", ".join(f"{p} {v:,.1f}" for p, v in doc["energy_kwh_by_period"].items()))
     out.append(f"Cost {c['total']:,.2f} CNY = electricity {c['electricity']:,.2f} + service {c['service']:,.2f}"
                f"  ({doc['avg_cny_per_kwh']:.4f} CNY/kWh)")
