@@ -52,6 +52,7 @@ because its minimum could not be met; otherwise the index of the node whose limi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -623,7 +624,6 @@ def _allocate_class(tree, room, g, gun_node, cap, mn, w, step, setpoint, bound_b
     blk = _Block(tree, tree.pre[gun_node[g]])
     m, c, ww = mn[g], cap[g], w[g]
     room_c = np.append(room[blk.cnodes], np.inf)  # + dummy
-    site = None  # root per gun (compact id of its depth-0 ancestor), only when needed
 
     # --- admission of minimums
     want = np.where(m > 0, m, 0.0)
@@ -641,10 +641,16 @@ def _allocate_class(tree, room, g, gun_node, cap, mn, w, step, setpoint, bound_b
             sure[cand] = 0.0
             slack = room_c - blk.subtree_sums(sure)
             slack[-1] = np.inf
-            cand = cand[_greedy_order(m[cand], ww[cand], c[cand])]
-            site = ch[:, 0]
-            t = _greedy(site[cand], ch[cand], m[cand], np.ones(cand.size), slack)
-            shed = cand[t < 1]
+            # Before ordering anything: a candidate whose minimum exceeds what some ancestor
+            # has even now is shed whatever the order (room only shrinks as others get in).
+            # (In an overloaded site that is most of a low class: the greedy never sees them.)
+            hopeless = m[cand] > slack[ch[cand]].min(axis=1) + _FIT_TOL_KW
+            shed = cand[hopeless]
+            cand = cand[~hopeless]
+            if cand.size:
+                cand = cand[_greedy_order(m[cand], ww[cand], c[cand])]
+                t = _greedy(ch[cand, 0], ch[cand], m[cand], np.ones(cand.size), slack)
+                shed = np.concatenate([shed, cand[t < 1]])
             admitted[shed] = False
             bound_by[g[shed]] = BOUND_SHED
             fixed = np.where(admitted, m, 0.0)
@@ -753,11 +759,19 @@ class GunResult:
 _CODE_NAMES = {BOUND_ASK: "ask", BOUND_UPPER: "upper", BOUND_SHED: "shed"}
 
 
+_SMALL_GUNS = 64  # up to this many guns allocate_site runs the scalar path (no numpy call overhead)
+
+
 def allocate_site(guns: Sequence[GunDemand], nodes: Sequence[LimitNode]) -> dict[str, GunResult]:
     """Allocate one site given as objects with string ids; returns ``{gun id: GunResult}``.
 
     Same rules as :func:`allocate`. Raises ``ValueError`` on unknown or duplicate ids and on
-    every bad value :func:`allocate` refuses (named by gun or node id here)."""
+    every bad value :func:`allocate` refuses (named by gun or node id here).
+
+    Small sites (up to 64 guns, the controller's every-cycle case) run a scalar transcription
+    of the same algorithm (:func:`_allocate_small`): a numpy call costs microseconds whatever
+    its size, and the batched core makes a few hundred of them. Property tests hold both
+    paths to the oracle and to each other."""
     nid = {}
     for i, n in enumerate(nodes):
         if n.id in nid:
@@ -780,6 +794,10 @@ def allocate_site(guns: Sequence[GunDemand], nodes: Sequence[LimitNode]) -> dict
         if gd.node_id not in nid:
             raise ValueError(f"guns[{i}]: gun {gd.id!r} has unknown node_id {gd.node_id!r}")
         gun_node.append(nid[gd.node_id])
+    names = [n.id for n in nodes]
+    if len(guns) <= _SMALL_GUNS and _small_ok(guns, nodes, parent):
+        x, b = _allocate_small(gun_node, guns, parent, nodes)
+        return {gd.id: GunResult(xi, _CODE_NAMES.get(bi) or names[bi]) for gd, xi, bi in zip(guns, x, b)}
     p = AllocationProblem(
         gun_node=np.array(gun_node, np.int64),
         upper_kw=np.array([gd.upper_kw for gd in guns], float),
@@ -795,11 +813,191 @@ def allocate_site(guns: Sequence[GunDemand], nodes: Sequence[LimitNode]) -> dict
         res = allocate(p)
     except ValueError as e:  # name the object, not the array slot
         raise ValueError(_rename(str(e), guns, nodes)) from None
-    names = [n.id for n in nodes]
     return {
         gd.id: GunResult(float(sp), _CODE_NAMES.get(int(b)) or names[int(b)])
         for gd, sp, b in zip(guns, res.setpoint_kw, res.bound_by)
     }
+
+
+def _small_ok(guns, nodes, parent) -> bool:
+    """Every value is one :func:`allocate` accepts. False sends the call to the array path,
+    which raises the canonical error."""
+    fin = math.isfinite
+    for g in guns:
+        u, m, a, w = g.upper_kw, g.min_kw, g.ask_kw, g.weight
+        if not (fin(u) and fin(m) and fin(a) and fin(w)) or u < 0 or m < 0 or a < 0 or w <= 0 or m > u:
+            return False
+        if not isinstance(g.priority, (int, np.integer)) or isinstance(g.priority, bool):
+            return False
+    for n in nodes:
+        if n.limit_kw != n.limit_kw or n.limit_kw < 0 or not fin(n.step_kw) or n.step_kw < 0:
+            return False
+    depth_ok = [False] * len(nodes)
+    for i in range(len(nodes)):  # every node reaches a root: no cycle
+        seen, j = set(), i
+        while j >= 0 and not depth_ok[j]:
+            if j in seen:
+                return False
+            seen.add(j)
+            j = parent[j]
+        for k in seen:
+            depth_ok[k] = True
+    return True
+
+
+def _allocate_small(gun_node, guns, parent, nodes):
+    """Scalar transcription of :func:`allocate` (module docstring rules 1-5, same order of
+    operations, same tolerances) for one small, valid site. Returns (setpoints, bound codes
+    or node indices)."""
+    n_g, n_n = len(guns), len(nodes)
+    fl, ce = math.floor, math.ceil
+    tol = _FIT_TOL_KW
+    # Depth-first positions (roots and siblings by index): the admission tie-break.
+    kids = [[] for _ in range(n_n)]
+    roots = []
+    for i, p in enumerate(parent):
+        (kids[p] if p >= 0 else roots).append(i)
+    pre, stack = [0] * n_n, roots[::-1]
+    k = 0
+    while stack:
+        v = stack.pop()
+        pre[v] = k
+        k += 1
+        stack.extend(kids[v][::-1])
+    depth = [0] * n_n
+    for v in sorted(range(n_n), key=pre.__getitem__):  # parents before children
+        if parent[v] >= 0:
+            depth[v] = depth[parent[v]] + 1
+    anc = []
+    for gi in range(n_g):
+        a, v = [], gun_node[gi]
+        while v >= 0:
+            a.append(v)
+            v = parent[v]
+        anc.append(a)  # deepest first
+    x = [0.0] * n_g
+    bound = [BOUND_ASK] * n_g
+    cap, mn, st, code = [], [], [], []
+    for gi, g in enumerate(guns):
+        c = min(g.ask_kw, g.upper_kw)
+        m = g.min_kw
+        s = nodes[gun_node[gi]].step_kw
+        if s > 0:
+            c = fl(c / s + 1e-9) * s
+            m = ce(m / s - 1e-9) * s
+        cap.append(c)
+        mn.append(m)
+        st.append(s)
+        code.append(BOUND_UPPER if g.upper_kw < g.ask_kw else BOUND_ASK)
+    room = [n.limit_kw for n in nodes]
+    classes = {}
+    for gi, g in enumerate(guns):
+        if cap[gi] <= 0:
+            bound[gi] = code[gi]
+        elif cap[gi] < mn[gi] - tol:
+            bound[gi] = BOUND_SHED
+        else:
+            classes.setdefault(g.priority, []).append(gi)
+    by_depth = sorted(range(n_n), key=lambda v: -depth[v])
+
+    def fill(members, base, inc):
+        """Rule 4 over ``members``: amounts above ``base``; marks bound nodes."""
+        used = [0.0] * n_n
+        under = [[] for _ in range(n_n)]
+        for gi in members:
+            for v in anc[gi]:
+                used[v] += base[gi]
+                under[v].append(gi)
+        d = dict(inc)
+        for v in by_depth:
+            us = under[v]
+            if not us:
+                continue
+            r = room[v] - used[v]
+            if not sum(d[gi] for gi in us) > r:
+                continue
+            r = max(r, 0.0)
+            sat = {gi for gi in us if d[gi] <= 0.0}
+            while True:  # Newton from below, as _levels
+                ds = sum(d[gi] for gi in us if gi in sat)
+                wu = sum(guns[gi].weight for gi in us if gi not in sat)
+                lam = max((r - ds) / wu, 0.0) if wu > 0 else math.inf
+                new = sat | {gi for gi in us if d[gi] <= guns[gi].weight * lam}
+                if new == sat:
+                    break
+                sat = new
+            for gi in us:
+                lvl = guns[gi].weight * lam
+                if d[gi] >= lvl:
+                    bound[gi] = v
+                    d[gi] = lvl
+        return d
+
+    ordered = sorted(classes)
+    for ci, pr in enumerate(ordered):
+        G = sorted(classes[pr], key=lambda gi: (-guns[gi].weight, mn[gi], cap[gi], pre[gun_node[gi]]))
+        left = list(room)
+        adm = []
+        for gi in G:  # admission (rule 3), one by one in order
+            m = mn[gi]
+            if m > 0:
+                if any(m > left[v] + tol for v in anc[gi]):
+                    bound[gi] = BOUND_SHED
+                    continue
+                for v in anc[gi]:
+                    left[v] -= m
+            adm.append(gi)
+        for gi in adm:
+            bound[gi] = BOUND_ASK
+        base = {gi: (mn[gi] if mn[gi] > 0 else 0.0) for gi in adm}
+        d = fill(adm, base, {gi: cap[gi] - mn[gi] for gi in adm})
+        val = {gi: base[gi] + d[gi] for gi in adm}
+        stepped = [gi for gi in adm if st[gi] > 0]
+        if stepped:
+            for gi in stepped:
+                s = st[gi]
+                val[gi] = max(fl(val[gi] / s + 1e-9) * s, base[gi])
+            slack = list(room)
+            for gi in adm:
+                for v in anc[gi]:
+                    slack[v] -= val[gi]
+            todo = [gi for gi in G if gi in val and st[gi] > 0 and val[gi] < cap[gi] - tol]
+            while todo:  # rule 5: one step per gun per pass, in admission order
+                nxt = []
+                for gi in todo:
+                    s = st[gi]
+                    if all(s <= slack[v] + tol for v in anc[gi]):
+                        val[gi] += s
+                        for v in anc[gi]:
+                            slack[v] -= s
+                        if val[gi] < cap[gi] - tol:
+                            nxt.append(gi)
+                todo = nxt
+            sset = set(stepped)
+            for gi in adm:
+                if gi not in sset:
+                    bound[gi] = BOUND_ASK
+            base2 = {gi: (val[gi] if gi in sset else base[gi]) for gi in adm}
+            d2 = fill(adm, base2, {gi: (0.0 if gi in sset else cap[gi] - mn[gi]) for gi in adm})
+            val = {gi: base2[gi] + d2[gi] for gi in adm}
+            left2 = list(room)
+            for gi in adm:
+                for v in anc[gi]:
+                    left2[v] -= val[gi]
+            for gi in stepped:
+                if val[gi] < cap[gi] - tol:
+                    blocked = [v for v in anc[gi] if left2[v] < st[gi] - tol]  # deepest first
+                    bound[gi] = blocked[0] if blocked else BOUND_ASK
+        for gi in adm:
+            x[gi] = val[gi]
+            if ci + 1 < len(ordered):
+                for v in anc[gi]:
+                    room[v] -= val[gi]
+    for gi in range(n_g):
+        if bound[gi] != BOUND_SHED and cap[gi] > 0 and x[gi] >= cap[gi] - tol:
+            x[gi] = cap[gi]
+            bound[gi] = code[gi]
+    return x, bound
 
 
 def _rename(msg: str, guns, nodes) -> str:
