@@ -772,19 +772,8 @@ def allocate_site(guns: Sequence[GunDemand], nodes: Sequence[LimitNode]) -> dict
     of the same algorithm (:func:`_allocate_small`): a numpy call costs microseconds whatever
     its size, and the batched core makes a few hundred of them. Property tests hold both
     paths to the oracle and to each other."""
-    nid = {}
-    for i, n in enumerate(nodes):
-        if n.id in nid:
-            raise ValueError(f"nodes[{i}]: duplicate node id {n.id!r}")
-        nid[n.id] = i
-    parent = []
-    for i, n in enumerate(nodes):
-        if n.parent_id is None:
-            parent.append(-1)
-        elif n.parent_id in nid:
-            parent.append(nid[n.parent_id])
-        else:
-            raise ValueError(f"nodes[{i}]: node {n.id!r} has unknown parent_id {n.parent_id!r}")
+    topo = _site_topology(nodes)
+    nid, parent = topo.nid, topo.parent
     gid = set()
     gun_node = []
     for i, gd in enumerate(guns):
@@ -794,9 +783,9 @@ def allocate_site(guns: Sequence[GunDemand], nodes: Sequence[LimitNode]) -> dict
         if gd.node_id not in nid:
             raise ValueError(f"guns[{i}]: gun {gd.id!r} has unknown node_id {gd.node_id!r}")
         gun_node.append(nid[gd.node_id])
-    names = [n.id for n in nodes]
-    if len(guns) <= _SMALL_GUNS and _small_ok(guns, nodes, parent):
-        x, b = _allocate_small(gun_node, guns, parent, nodes)
+    names = topo.names
+    if len(guns) <= _SMALL_GUNS and topo.valid and _small_ok(guns):
+        x, b = _allocate_small(gun_node, guns, topo, nodes)
         return {gd.id: GunResult(xi, _CODE_NAMES.get(bi) or names[bi]) for gd, xi, bi in zip(guns, x, b)}
     p = AllocationProblem(
         gun_node=np.array(gun_node, np.int64),
@@ -819,69 +808,107 @@ def allocate_site(guns: Sequence[GunDemand], nodes: Sequence[LimitNode]) -> dict
     }
 
 
-def _small_ok(guns, nodes, parent) -> bool:
-    """Every value is one :func:`allocate` accepts. False sends the call to the array path,
-    which raises the canonical error."""
+class _SiteTopology:
+    """What allocate_site derives from the nodes alone; kept for the last nodes seen (a
+    control loop passes the same node objects every cycle)."""
+
+    def __init__(self, nodes):
+        self.key = tuple(nodes)
+        nid = {}
+        for i, n in enumerate(nodes):
+            if n.id in nid:
+                raise ValueError(f"nodes[{i}]: duplicate node id {n.id!r}")
+            nid[n.id] = i
+        parent = []
+        for i, n in enumerate(nodes):
+            if n.parent_id is None:
+                parent.append(-1)
+            elif n.parent_id in nid:
+                parent.append(nid[n.parent_id])
+            else:
+                raise ValueError(f"nodes[{i}]: node {n.id!r} has unknown parent_id {n.parent_id!r}")
+        self.nid, self.parent, self.names = nid, parent, [n.id for n in nodes]
+        n_n = len(nodes)
+        self.valid = all(not (n.limit_kw != n.limit_kw or n.limit_kw < 0 or not math.isfinite(n.step_kw)
+                              or n.step_kw < 0) for n in nodes)
+        ok = [False] * n_n
+        for i in range(n_n):  # every node reaches a root: no cycle
+            seen, j = set(), i
+            while j >= 0 and not ok[j]:
+                if j in seen:
+                    self.valid = False
+                    return
+                seen.add(j)
+                j = parent[j]
+            for k in seen:
+                ok[k] = True
+        # Depth-first positions (roots and siblings by index): the admission tie-break.
+        kids = [[] for _ in range(n_n)]
+        roots = []
+        for i, p in enumerate(parent):
+            (kids[p] if p >= 0 else roots).append(i)
+        pre, stack, k = [0] * n_n, roots[::-1], 0
+        order = []
+        while stack:
+            v = stack.pop()
+            pre[v] = k
+            k += 1
+            order.append(v)
+            stack.extend(kids[v][::-1])
+        depth = [0] * n_n
+        anc = [None] * n_n
+        for v in order:  # parents before children
+            p = parent[v]
+            depth[v] = depth[p] + 1 if p >= 0 else 0
+            anc[v] = [v] + (anc[p] if p >= 0 else [])  # deepest first
+        self.pre, self.anc = pre, anc
+        self.by_depth = sorted(range(n_n), key=lambda v: -depth[v])
+        self.limit = [n.limit_kw for n in nodes]
+        self.step = [n.step_kw for n in nodes]
+
+
+_SITE_CACHE: list = []
+
+
+def _site_topology(nodes) -> _SiteTopology:
+    key = tuple(nodes)
+    if _SITE_CACHE and _SITE_CACHE[0].key == key:  # same objects: identity makes this cheap
+        return _SITE_CACHE[0]
+    t = _SiteTopology(nodes)
+    _SITE_CACHE[:] = [t]
+    return t
+
+
+def _small_ok(guns) -> bool:
+    """Every gun value is one :func:`allocate` accepts. False sends the call to the array
+    path, which raises the canonical error."""
     fin = math.isfinite
     for g in guns:
         u, m, a, w = g.upper_kw, g.min_kw, g.ask_kw, g.weight
         if not (fin(u) and fin(m) and fin(a) and fin(w)) or u < 0 or m < 0 or a < 0 or w <= 0 or m > u:
             return False
-        if not isinstance(g.priority, (int, np.integer)) or isinstance(g.priority, bool):
+        if type(g.priority) is not int and not isinstance(g.priority, np.integer):
             return False
-    for n in nodes:
-        if n.limit_kw != n.limit_kw or n.limit_kw < 0 or not fin(n.step_kw) or n.step_kw < 0:
-            return False
-    depth_ok = [False] * len(nodes)
-    for i in range(len(nodes)):  # every node reaches a root: no cycle
-        seen, j = set(), i
-        while j >= 0 and not depth_ok[j]:
-            if j in seen:
-                return False
-            seen.add(j)
-            j = parent[j]
-        for k in seen:
-            depth_ok[k] = True
     return True
 
 
-def _allocate_small(gun_node, guns, parent, nodes):
+def _allocate_small(gun_node, guns, topo, nodes):
     """Scalar transcription of :func:`allocate` (module docstring rules 1-5, same order of
     operations, same tolerances) for one small, valid site. Returns (setpoints, bound codes
     or node indices)."""
     n_g, n_n = len(guns), len(nodes)
     fl, ce = math.floor, math.ceil
     tol = _FIT_TOL_KW
-    # Depth-first positions (roots and siblings by index): the admission tie-break.
-    kids = [[] for _ in range(n_n)]
-    roots = []
-    for i, p in enumerate(parent):
-        (kids[p] if p >= 0 else roots).append(i)
-    pre, stack = [0] * n_n, roots[::-1]
-    k = 0
-    while stack:
-        v = stack.pop()
-        pre[v] = k
-        k += 1
-        stack.extend(kids[v][::-1])
-    depth = [0] * n_n
-    for v in sorted(range(n_n), key=pre.__getitem__):  # parents before children
-        if parent[v] >= 0:
-            depth[v] = depth[parent[v]] + 1
-    anc = []
-    for gi in range(n_g):
-        a, v = [], gun_node[gi]
-        while v >= 0:
-            a.append(v)
-            v = parent[v]
-        anc.append(a)  # deepest first
+    pre, by_depth = topo.pre, topo.by_depth
+    anc = [topo.anc[v] for v in gun_node]
+    wt = [g.weight for g in guns]
     x = [0.0] * n_g
     bound = [BOUND_ASK] * n_g
     cap, mn, st, code = [], [], [], []
     for gi, g in enumerate(guns):
         c = min(g.ask_kw, g.upper_kw)
         m = g.min_kw
-        s = nodes[gun_node[gi]].step_kw
+        s = topo.step[gun_node[gi]]
         if s > 0:
             c = fl(c / s + 1e-9) * s
             m = ce(m / s - 1e-9) * s
@@ -889,7 +916,7 @@ def _allocate_small(gun_node, guns, parent, nodes):
         mn.append(m)
         st.append(s)
         code.append(BOUND_UPPER if g.upper_kw < g.ask_kw else BOUND_ASK)
-    room = [n.limit_kw for n in nodes]
+    room = list(topo.limit)
     classes = {}
     for gi, g in enumerate(guns):
         if cap[gi] <= 0:
@@ -898,36 +925,52 @@ def _allocate_small(gun_node, guns, parent, nodes):
             bound[gi] = BOUND_SHED
         else:
             classes.setdefault(g.priority, []).append(gi)
-    by_depth = sorted(range(n_n), key=lambda v: -depth[v])
+    inf = math.inf
 
     def fill(members, base, inc):
         """Rule 4 over ``members``: amounts above ``base``; marks bound nodes."""
         used = [0.0] * n_n
-        under = [[] for _ in range(n_n)]
+        dsum = [0.0] * n_n
+        under = [None] * n_n
         for gi in members:
+            b, di = base[gi], inc[gi]
             for v in anc[gi]:
-                used[v] += base[gi]
-                under[v].append(gi)
+                used[v] += b
+                dsum[v] += di
+                u = under[v]
+                if u is None:
+                    under[v] = [gi]
+                else:
+                    u.append(gi)
         d = dict(inc)
         for v in by_depth:
             us = under[v]
-            if not us:
+            if us is None:
                 continue
             r = room[v] - used[v]
-            if not sum(d[gi] for gi in us) > r:
+            if r == inf:
+                continue
+            tot = 0.0
+            for gi in us:
+                tot += d[gi]
+            if not tot > r:
                 continue
             r = max(r, 0.0)
-            sat = {gi for gi in us if d[gi] <= 0.0}
+            sat = [d[gi] <= 0.0 for gi in us]
             while True:  # Newton from below, as _levels
-                ds = sum(d[gi] for gi in us if gi in sat)
-                wu = sum(guns[gi].weight for gi in us if gi not in sat)
-                lam = max((r - ds) / wu, 0.0) if wu > 0 else math.inf
-                new = sat | {gi for gi in us if d[gi] <= guns[gi].weight * lam}
+                ds = wu = 0.0
+                for gi, sa in zip(us, sat):
+                    if sa:
+                        ds += d[gi]
+                    else:
+                        wu += wt[gi]
+                lam = max((r - ds) / wu, 0.0) if wu > 0 else inf
+                new = [sa or d[gi] <= wt[gi] * lam for gi, sa in zip(us, sat)]
                 if new == sat:
                     break
                 sat = new
             for gi in us:
-                lvl = guns[gi].weight * lam
+                lvl = wt[gi] * lam
                 if d[gi] >= lvl:
                     bound[gi] = v
                     d[gi] = lvl
@@ -935,17 +978,22 @@ def _allocate_small(gun_node, guns, parent, nodes):
 
     ordered = sorted(classes)
     for ci, pr in enumerate(ordered):
-        G = sorted(classes[pr], key=lambda gi: (-guns[gi].weight, mn[gi], cap[gi], pre[gun_node[gi]]))
+        G = sorted(classes[pr], key=lambda gi: (-wt[gi], mn[gi], cap[gi], pre[gun_node[gi]]))
         left = list(room)
         adm = []
         for gi in G:  # admission (rule 3), one by one in order
             m = mn[gi]
             if m > 0:
-                if any(m > left[v] + tol for v in anc[gi]):
-                    bound[gi] = BOUND_SHED
-                    continue
-                for v in anc[gi]:
-                    left[v] -= m
+                a = anc[gi]
+                for v in a:
+                    if m > left[v] + tol:
+                        bound[gi] = BOUND_SHED
+                        break
+                else:
+                    for v in a:
+                        left[v] -= m
+                    adm.append(gi)
+                continue
             adm.append(gi)
         for gi in adm:
             bound[gi] = BOUND_ASK
