@@ -487,10 +487,10 @@ def _greedy(site, ch, unit, max_units, slack):
     levels = []
     for j in range(ch.shape[1]):
         col = ch[:, j]
-        tot = np.bincount(col, weights=full, minlength=slack.size)
-        if not np.any(tot[:-1] > slack[:-1] + _FIT_TOL_KW):
+        tot = np.bincount(col, weights=full, minlength=slack.size)[col]
+        if not np.any(tot > slack[col] + _FIT_TOL_KW):  # (the dummy's slack is inf)
             continue  # no node at this depth can run out: it never decides anything
-        pj = np.argsort(col * k + pos)  # grouped by ancestor, greedy order inside
+        pj = _group_order(col, slack.size - 1, k, pos)  # grouped by ancestor, greedy order inside
         cs = col[pj]
         g0 = np.maximum.accumulate(np.where(np.r_[True, cs[1:] != cs[:-1]], pos, 0))
         levels.append((j, pj, g0))
@@ -527,6 +527,19 @@ def _greedy(site, ch, unit, max_units, slack):
         if not und.any():
             break
     return taken
+
+
+def _group_order(col: np.ndarray, dummy: int, k: int, pos: np.ndarray) -> np.ndarray:
+    """Stable order of ``col`` (items grouped by value, their order kept inside a group).
+    When the values of one depth span fewer than 65535 ids (sites, feeders), a stable sort
+    of uint16 keys is a radix sort, O(n); otherwise a sort of ``col * k + position``."""
+    real = col != dummy
+    if real.any():
+        lo, hi = int(col[real].min()), int(col[real].max())
+        if hi - lo < 65535:
+            key = np.where(real, col - lo, hi - lo + 1).astype(np.uint16)
+            return np.argsort(key, kind="stable")
+    return np.argsort(col * k + pos)
 
 
 def _greedy_order(m: np.ndarray, w: np.ndarray, c: np.ndarray) -> np.ndarray:
