@@ -4,8 +4,9 @@ Every setpoint evstack writes, live or simulated, comes out of :func:`allocate`.
 numpy: no I/O, no asyncio, no clock. All power values are in kW.
 
 A problem is a *batch*: many independent limit trees (sites, or time steps of one site)
-concatenated into flat arrays. Each tree has exactly one root node (``node_parent == -1``);
-guns hang below nodes via ``gun_node``. See :class:`AllocationProblem`.
+concatenated into flat arrays. Every root (``node_parent == -1``) starts one independent
+tree; guns hang below nodes via ``gun_node``; no offsets are needed and trees may be
+interleaved. See :class:`AllocationProblem`.
 
 Semantics (docs/allocation.md says the same at more length; tests/allocation_oracle.py is
 an independent plain-Python implementation of exactly these rules):
@@ -42,8 +43,9 @@ an independent plain-Python implementation of exactly these rules):
 Guarantees (checked by property tests against the oracle): every node's limit holds to
 ``LIMIT_TOL_KW``; ``0 <= setpoint <= cap``; a gun that runs is at or above its minimum; no gun
 below its cap could get more without breaking some limit -- for a stepped gun: without
-breaking some limit by a whole step (Pareto); the result does not depend on the order of
-guns in the input.
+breaking some limit by a whole step; no shed gun could run at its minimum in what is left
+(Pareto); a class's setpoints do not change when lower classes are added or removed; the
+result does not depend on the order of guns in the input.
 
 ``bound_by`` per gun: ``BOUND_ASK`` (-1) got its full effective ask; ``BOUND_UPPER`` (-2) got
 its full upper bound (the upper bound was below the ask); ``BOUND_SHED`` (-3) switched off

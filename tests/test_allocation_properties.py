@@ -125,6 +125,10 @@ def check_rules(p: AllocationProblem, r) -> None:
         if b[i] == BOUND_SHED:
             assert x[i] == 0
             assert mn[i] > 0 and cap[i] > 0
+            # Shed only if its minimum cannot run: beyond its own cap, or some node above it
+            # has less than the minimum left even now (no power is left that it could use).
+            assert cap[i] < mn[i] - 1e-9 or min(head[a] for a in anc) < mn[i] + 1e-6, (
+                f"gun {i} shed but {min(head[a] for a in anc)} kW left for its {mn[i]} kW minimum")
             continue
         if b[i] in (BOUND_ASK, BOUND_UPPER):
             assert x[i] >= cap[i] - 1e-6, f"gun {i} marked full but got {x[i]} of {cap[i]}"
