@@ -9,8 +9,8 @@ Checks (DOMAIN.md, night valley charging):
   (30 kW per bus, 15 kW per other vehicle) times the vehicles plugged under it in the valley;
 - ``energy_in_valley``: a vehicle needing more than the top of its band over the valley minutes of its
   stay (it can only be full with cheaper-than-peak other hours, or not at all);
-- ``departure``: a vehicle leaving before its valley ends (full by the valley end then means
-  full by departure, from fewer valley minutes).
+- ``departure``: a vehicle leaving before its valley ends whose valley minutes before departure
+  cannot hold its energy (full by the valley end then means full by departure).
 """
 
 from __future__ import annotations
@@ -107,7 +107,8 @@ def check(sc: Scenario, ctx: Context, max_vehicle_findings: int = 200) -> list[F
     cap_kwh = top * usable / 60.0
     short = ctx.need_kwh - cap_kwh
     n_found = 0
-    for i in np.flatnonzero(night & (a.gun0 >= 0) & (short > 0.05)):
+    early = night & (s.departure < last_ve)
+    for i in np.flatnonzero(night & (a.gun0 >= 0) & (short > 0.05) & ~early):
         if n_found >= max_vehicle_findings:
             break
         extra_min = int(np.ceil(short[i] / max(top[i], 1e-9) * 60))
@@ -121,7 +122,8 @@ def check(sc: Scenario, ctx: Context, max_vehicle_findings: int = 200) -> list[F
             f"needs {ctx.need_kwh[i]:.1f} kWh, the valley minutes of its stay hold {cap_kwh[i]:.1f} at {top[i]:g} kW "
             f"({usable[i]:.0f} min)", fix, ids[s.vehicle[i]], int(s.day[i]), float(short[i])))
         n_found += 1
-    for i in np.flatnonzero(night & (s.departure < last_ve)):
+    # leaving before the valley ends matters when the valley minutes before departure are short
+    for i in np.flatnonzero(early & (a.gun0 >= 0) & (short > 0.05)):
         if n_found >= max_vehicle_findings:
             break
         out.append(Finding(

@@ -101,7 +101,8 @@ def plan_optimal(sc: Scenario, ctx: Context) -> Plan:
         totals["unmet_kwh"] += float(u.sum())
         # execute: two step levels around x, the higher first, same energy
         sess = idx[vi]
-        un = unit[sess]
+        # unstepped guns below their minimum: run at the minimum for part of the slot
+        un = np.where(unit[sess] > 0, unit[sess], np.where(x < gmin[sess] - 1e-9, gmin[sess], 0.0))
         lvl_lo = np.where(un > 0, floor_step(x, np.where(un > 0, un, 1.0)), x)
         lvl_hi = np.where(un > 0, lvl_lo + un, x)
         frac = np.where(un > 0, (x - lvl_lo) / np.where(un > 0, un, 1.0), 0.0)

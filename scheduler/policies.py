@@ -200,7 +200,7 @@ def plan_valley(sc: Scenario, ctx: Context) -> Plan:
     rows = _empty_rows()
     # night: every valley window of the stay at the chosen level
     si, wi = np.nonzero(valid & todo[:, None] & night[:, None])
-    _add(rows, si, start[si, wi], end[si, wi], level[si], lo[si], np.full(si.size, 1), KIND_VALLEY)
+    _add(rows, si, start[si, wi], end[si, wi], level[si], np.minimum(lo[si], level[si]), PRIO_NIGHT, KIND_VALLEY)
 
     # what the valleys cannot hold: the cheapest other minutes before departure
     over = np.flatnonzero(todo & night & (need_min > usable + 1e-9))
@@ -222,7 +222,7 @@ def plan_valley(sc: Scenario, ctx: Context) -> Plan:
             extra = s.departure[i] - a.plug[i]
         runs = cheapest_minutes(sc.price[lane], int(a.plug[i]), int(s.departure[i]), valley_mask[lane], int(np.ceil(extra)))
         for r0, r1 in runs:
-            _add(rows, i, r0, r1, lvl, lo[i], 1, KIND_OTHER_HOURS)
+            _add(rows, i, r0, r1, lvl, min(lo[i], lvl), PRIO_NIGHT, KIND_OTHER_HOURS)
     # daytime emergency top-up, first served
     if emergency.size:
         kw = sc.rules.emergency_kw_per_gun * ng[emergency]

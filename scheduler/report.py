@@ -7,7 +7,7 @@ overlaps a valley window, whatever the policy):
 - ``gun``: it got a gun before leaving;
 - ``start_within_30min``: first setpoint > 0 no later than 30 min after the later of valley
   start and arrival (waiting for a gun counts against it);
-- ``power_band``: every setpoint during valley minutes within the band (30-60 kW per bus,
+- ``power_band``: every setpoint of a night stay within the band (30-60 kW per bus,
   15-30 kW otherwise; the gun's own range when it cannot reach the band); the battery's taper
   at the end of a charge is exempt (it is the vehicle asking for less);
 - ``full_by_valley_end``: full (see :func:`scheduler.curves.full_soc`) by the end of the last
@@ -18,6 +18,7 @@ overlaps a valley window, whatever the policy):
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 from pathlib import Path
 
@@ -80,11 +81,9 @@ def evaluate_rules(run: Run) -> dict:
     lo, hi = bands(sc)
     _, rating, _ = gun_caps(sc, ctx)
     lo_eff = np.minimum(lo, rating)
-    in_v = np.zeros(ss.size, bool)
-    for w in range(vw.shape[1]):
-        in_v |= (t1 > vw[ss, w, 0]) & (t0 < vw[ss, w, 1])
-    last_seg = np.r_[ss[1:] != ss[:-1], True] if ss.size else np.zeros(0, bool)
-    out_band = in_v & ((kw > hi[ss] + 1e-6) | ((kw < lo_eff[ss] - 1e-6) & ~last_seg))
+    # the band holds for the whole night stay (the valley and the other hours it may use)
+    in_v = night[ss] if ss.size else np.zeros(0, bool)
+    out_band = in_v & ((kw > hi[ss] + 1e-6) | ((kw < lo_eff[ss] - 1e-6) & ~res.seg_taper))
     band_bad = np.bincount(ss, weights=out_band, minlength=n) > 0
 
     applies = {
@@ -140,7 +139,7 @@ def build_report(run: Run, findings: list[Finding], *, station_path: str = "", f
     reasons = {
         "gun": "no free gun before departure",
         "start_within_30min": "did not start within 30 min of the later of valley start and arrival",
-        "power_band": "a setpoint outside the power band during the valley",
+        "power_band": "a setpoint outside the power band at night",
         "full_by_valley_end": "not full by the end of the valley",
         "full_by_departure": "not full at departure",
     }
@@ -167,9 +166,15 @@ def build_report(run: Run, findings: list[Finding], *, station_path: str = "", f
             "final_soc_pct": round(float(res.final_soc[i]), 2), "full_soc_pct": round(float(ctx.full_soc[i]), 2),
             "missed": missed,
         })
+    tariff = {"name": sc.tariff.name, "note": sc.tariff.note}
+    last_day = sc.day0 + dt.timedelta(days=sc.days - 1)
+    if sc.tariff.effective_to and sc.day0 > sc.tariff.effective_to:
+        tariff["warning"] = f"in force until {sc.tariff.effective_to}, the run starts {sc.day0}"
+    elif sc.tariff.effective_from and last_day < sc.tariff.effective_from:
+        tariff["warning"] = f"in force from {sc.tariff.effective_from}, the run ends {last_day}"
     doc = {
         "station": st.spec.name, "station_file": station_path, "fleet_file": fleet_path,
-        "policy": run.policy, "tariff": {"name": sc.tariff.name, "note": sc.tariff.note},
+        "policy": run.policy, "tariff": tariff,
         "price_category": sc.price_category, "date": sc.day0.isoformat(), "days": sc.days, "seed": sc.seed,
         "energy_kwh": round(energy, 2),
         "energy_kwh_by_period": {p: round(float(by_period[PERIODS.index(p)]), 2) for p in PERIODS
@@ -225,7 +230,8 @@ def render_text(doc: dict, max_vehicles: int = 25) -> str:
     out.append(f"Schedule: {doc['station']} | policy {doc['policy']} | {doc['date']}"
                + (f" + {doc['days'] - 1} more day(s), seed {doc['seed']}" if doc["days"] > 1 else ""))
     t = doc["tariff"]
-    out.append(f"Tariff: {t['name']}" + (f" ({t['note']})" if t["note"] else "") + f", {doc['price_category']}")
+    out.append(f"Tariff: {t['name']}" + (f" ({t['note']})" if t["note"] else "") + f", {doc['price_category']}"
+               + (f"; NOTE: {t['warning']}" if t.get("warning") else ""))
     out.append(f"Energy {doc['energy_kwh']:,.1f} kWh: " + ", ".join(f"{p} {v:,.1f}" for p, v in doc["energy_kwh_by_period"].items()))
     out.append(f"Cost {c['total']:,.2f} CNY = electricity {c['electricity']:,.2f} + service {c['service']:,.2f}"
                f"  ({doc['avg_cny_per_kwh']:.4f} CNY/kWh)")

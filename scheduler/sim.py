@@ -44,6 +44,7 @@ class SimResult:
     seg_start: np.ndarray
     seg_end: np.ndarray
     seg_kw: np.ndarray
+    seg_taper: np.ndarray  # the setpoint was cut by the battery's acceptance (its taper)
     minute_kwh: np.ndarray  # (lanes, horizon) energy metered per minute
     minute_kw: np.ndarray  # (lanes, horizon) sum of setpoints per minute
     energy_kwh: np.ndarray  # per session
@@ -101,6 +102,7 @@ class Engine:
         self.last_t = asg.plug.astype(np.int64).copy()
         self.p = np.zeros(n)
         self.seg_t = np.full(n, -1, np.int64)
+        self.seg_taper = np.zeros(n, bool)  # the open segment is cut by the battery's acceptance
         self.ptr = plan.first[:-1].copy()
         self.next_ev = np.full(n, np.inf)
         self.active = np.zeros(n, bool)
@@ -190,8 +192,11 @@ class Engine:
         w, o, q = who[ch], old[ch], p[ch]
         close = o > 0
         if close.any():
-            self.segs.append((w[close], self.seg_t[w[close]], np.full(int(close.sum()), t), o[close]))
+            self.segs.append((w[close], self.seg_t[w[close]], np.full(int(close.sum()), t), o[close],
+                              self.seg_taper[w[close]]))
         self.seg_t[w] = t
+        sl = self.slot0[w]
+        self.seg_taper[w] = self.upper[sl] < self.ask[sl] - 1e-9
         self.p[w] = q
         on = (q > 0) & (self.first_on[w] < 0)
         self.first_on[w[on]] = t
@@ -243,7 +248,9 @@ class Engine:
         ng = self.ng[due]
         upper = np.minimum(self.rating[due], acc / ng)
         ask_g = ask / ng
-        mn_g = np.where(ask > 0, np.maximum(self.gmin[due], mn_tot / ng), self.gmin[due])
+        # the policy's least power (the band's lower edge) never switches off a battery that
+        # asks for less by itself (its taper); the gun's own minimum does
+        mn_g = np.where(ask > 0, np.maximum(self.gmin[due], np.minimum(mn_tot / ng, upper)), self.gmin[due])
         mn_g = np.minimum(mn_g, self.rating[due])
         capv = floor_step(np.minimum(ask_g, upper), self.step[due])
         mnv = ceil_step(mn_g, self.step[due])
@@ -377,12 +384,13 @@ class Engine:
         sc = self.sc
         s = sc.sessions
         if self.segs:
-            ss, a, b, k = (np.concatenate(x) for x in zip(*self.segs))
+            ss, a, b, k, tp = (np.concatenate(x) for x in zip(*self.segs))
         else:
             ss = a = b = np.zeros(0, np.int64)
             k = np.zeros(0)
+            tp = np.zeros(0, bool)
         order = np.lexsort((a, ss))
-        ss, a, b, k = ss[order], a[order], b[order], k[order]
+        ss, a, b, k, tp = ss[order], a[order], b[order], k[order], tp[order]
         H = sc.horizon_min
         diff = np.zeros(sc.lanes * (H + 1))
         lane = s.lane[ss]
@@ -394,7 +402,7 @@ class Engine:
         if self.partial:
             pl, pm, pe = (np.concatenate(x) for x in zip(*self.partial))
             np.add.at(kwh, (pl, pm), pe)
-        return SimResult(ss, a, b, k, kwh, kw, self.energy.copy(), self.soc.copy(), self.first_on.copy(),
+        return SimResult(ss, a, b, k, tp, kwh, kw, self.energy.copy(), self.soc.copy(), self.first_on.copy(),
                          self.ticks, self.core_calls, self.core_guns)
 
 

@@ -14,7 +14,7 @@ from hw_profiles.vehicle import VehicleBatch, acceptance_kw_batch, charge_step_b
 DAY0 = dt.date(2026, 11, 29)
 
 
-def reference_minutes(run):
+def reference_minutes(run, per_session: bool = False):
     """Step every minute of every lane: the whole limit tree through the allocation core,
     every vehicle through charge_step_batch. Returns (kw per lane-minute, energy per session)."""
     sc, asg, plan = run.scenario, run.assignment, run.plan
@@ -23,6 +23,7 @@ def reference_minutes(run):
     soc = s.soc0.astype(float).copy()
     energy = np.zeros(n)
     kw = np.zeros((sc.lanes, sc.horizon_min))
+    sess_kw = np.zeros((n, sc.horizon_min)) if per_session else None
     ng = np.maximum(asg.n_guns, 1)
     g0 = np.maximum(asg.gun0, 0)
     for t in range(sc.horizon_min):
@@ -46,12 +47,16 @@ def reference_minutes(run):
         gmin = st.gun_min_kw[g0[act]]
         n_a = ng[act]
         upper = np.minimum(rating, acc / n_a)
-        mn_g = np.where(ask > 0, np.maximum(gmin, mn / n_a), gmin)
+        mn_g = np.where(ask > 0, np.maximum(gmin, np.minimum(mn / n_a, upper)), gmin)
         mn_g = np.minimum(mn_g, rating)
         # guns: one row per (session, gun)
         rows_s = np.r_[np.arange(act.size), np.flatnonzero(asg.gun1[act] >= 0)]
         gun = np.r_[asg.gun0[act], asg.gun1[act][asg.gun1[act] >= 0]]
         lanes = s.lane[act][rows_s]
+        # guns in station order (as the live controller lists them): the core breaks ties
+        # between guns equal in every input by their position
+        order = np.lexsort((gun, lanes))
+        rows_s, gun, lanes = rows_s[order], gun[order], lanes[order]
         NN = st.n_nodes
         node_parent = np.concatenate([np.where(st.node_parent < 0, -1, st.node_parent + l * NN) for l in range(sc.lanes)])
         sdv = st.gun_step_kw[gun]
@@ -69,7 +74,9 @@ def reference_minutes(run):
         soc[act] = new
         energy[act] += e
         np.add.at(kw, (s.lane[act], np.full(act.size, t)), p)
-    return kw, energy, soc
+        if per_session:
+            sess_kw[act, t] = p
+    return (kw, energy, soc, sess_kw) if per_session else (kw, energy, soc)
 
 
 def write_station(path: Path, *, piles: int, site_kw: float, feeders: list[float] | None = None,

@@ -190,3 +190,21 @@ def test_bad_date_and_days(examples, tmp_path, capsys):
     assert main(["schedule", "--station", str(examples / "bus-depot.toml"), "--fleet", str(examples / "bus-fleet.csv"),
                  "--out", str(tmp_path), "--days", "0"]) == 2
     assert "--days" in capsys.readouterr().err
+
+
+def test_progress_bar_only_for_long_runs():
+    import io
+
+    from scheduler.cli import Progress
+
+    now = [0.0]
+    out = io.StringIO()
+    bar = Progress(out, after_s=2.0, monotonic=lambda: now[0])
+    bar(0.3)
+    assert out.getvalue() == ""  # a quick run shows nothing
+    now[0] = 2.5
+    bar(0.5)
+    bar(0.5)
+    assert out.getvalue().count("50%") == 1 and "#" * 12 in out.getvalue()
+    bar.done()
+    assert out.getvalue().endswith("\r")

@@ -74,3 +74,40 @@ def test_same_seed_same_result_other_seed_other_days(examples):
     s = r3.scenario.sessions
     d0 = s.day == 0
     assert np.array_equal(s.soc0[d0], [f.arrival_soc_pct for f in fl])
+
+
+@pytest.mark.parametrize("policy", ["valley", "uncontrolled", "optimal"])
+def test_engine_matches_reference_on_ac_and_dc_public_piles(examples, tmp_path, policy):
+    """Unstepped AC guns (the taper followed minute by minute), daytime public vehicles."""
+    st = load_station(examples / "public-car-park.toml")
+    rows = [("CAR1", "car", "18:00", "08:00+1", 20), ("CAR2", "car", "09:00", "12:00", 30),
+            ("TAXI1", "taxi", "22:00", "06:00+1", 10), ("VAN1", "logistics-van", "10:00", "11:00", 20),
+            ("CAR3", "car", "19:00", "07:30+1", 5)] + [(f"C{i}", "car", "20:00", "07:00+1", 10 + i) for i in range(12)]
+    fl = load_fleet(write_fleet(tmp_path / "f.csv", rows), st.catalog)
+    run = run_schedule(st, fl, load_tariff("yunnan-2024"), policy=policy, day0=DAY0)
+    kw, energy, _ = reference_minutes(run)
+    assert np.abs(kw - run.result.minute_kw).max() < 1e-6
+    assert np.abs(energy - run.result.energy_kwh).max() < 1e-6
+
+
+@pytest.mark.parametrize("seed", range(int(__import__("os").environ.get("SCHED_RANDOM_DEPOTS", "4"))))
+def test_engine_matches_reference_on_random_depots(tmp_path, seed):
+    """Random limits (often binding) and timetables: the component-wise re-allocation must give
+    what the whole tree gives, minute by minute."""
+    rng = np.random.default_rng(seed)
+    piles = int(rng.integers(2, 6))
+    feeders = [float(rng.integers(60, 400)) for _ in range(int(rng.integers(0, 3)))]
+    st = load_station(write_station(tmp_path / "s.toml", piles=piles, site_kw=float(rng.integers(90, 700)),
+                                    feeders=feeders or None))
+    rows = []
+    for i in range(int(rng.integers(piles, 2 * piles + 3))):
+        a = int(rng.integers(10 * 60, 23 * 60 + 50))
+        d = int(rng.integers(4 * 60, 9 * 60)) + 1440 if rng.random() < 0.8 else min(a + int(rng.integers(30, 300)), 1439)
+        rows.append((f"V{i}", "bus-12m", f"{a // 60:02d}:{a % 60:02d}", f"{d % 1440 // 60:02d}:{d % 60:02d}" +
+                     ("+1" if d >= 1440 else ""), int(rng.integers(5, 90))))
+    fl = load_fleet(write_fleet(tmp_path / "f.csv", rows), st.catalog)
+    for policy in ("valley", "uncontrolled"):
+        run = run_schedule(st, fl, load_tariff(["yunnan-pre2024", "yunnan-2024"][seed % 2]), policy=policy, day0=DAY0)
+        kw, energy, _ = reference_minutes(run)
+        assert np.abs(kw - run.result.minute_kw).max() < 1e-6, policy
+        assert np.abs(energy - run.result.energy_kwh).max() < 1e-6, policy
