@@ -51,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `evstack ... | head`: the reader left; not an error of ours
+        import os
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second traceback when Python flushes stdout at exit
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -24,7 +24,19 @@ def test_ci_runs_the_readme_test_command():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
-def test_demo_runs_on_the_examples(capsys):
-    assert main(["demo", "--examples", str(EXAMPLES)]) == 0
+def test_demo_runs_the_whole_stack(tmp_path, capsys):
+    """`make demo` = `evstack demo`: check, schedule, a night over Modbus with the controller, bills."""
+    assert main(["demo", "--examples", str(EXAMPLES), "--out", str(tmp_path), "--speed", "1000"]) == 0
     out = capsys.readouterr().out
-    assert "Result: compliant" in out and "FAIL" not in out
+    assert "FAIL" not in out
+    assert (tmp_path / "schedule" / "plan.csv").exists() and (tmp_path / "evstack.db").exists()
+    summary = [line for line in out.splitlines() if "sessions billed" in line][-1]
+    assert summary.startswith("18 sessions billed") and summary.endswith("controller exit code 0")
+    worst = float(summary.split("worst ")[1].split(" %")[0])
+    assert worst <= 2.0, summary
+
+
+def test_broken_pipe_is_not_a_traceback(tmp_path):
+    import sys
+    r = subprocess.run(f"{sys.executable} -m evstack registers | head -1", shell=True, capture_output=True, text=True)
+    assert r.returncode == 0 and "Traceback" not in r.stderr and r.stdout.strip()
