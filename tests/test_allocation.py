@@ -158,3 +158,23 @@ def test_allocate_site_matches_batch():
     guns = [GunDemand("a", "p1", 180.0, 180.0), GunDemand("b", "p1", 180.0, 180.0), GunDemand("c", "p2", 60.0, 60.0)]
     r = allocate_site(guns, nodes)
     assert r == {"a": GunResult(120.0, "site"), "b": GunResult(120.0, "site"), "c": GunResult(60.0, "ask")}
+
+
+def test_first_bad_index_whatever_the_reason():
+    with pytest.raises(ValueError, match=r"upper_kw\[0\]: -1.0 must be >= 0"):
+        allocate(problem(upper_kw=np.array([-1.0, np.nan, 60.0]), min_kw=np.array([-2.0, 0.0, 0.0])))
+
+
+def test_cycle_without_validation_raises_instead_of_hanging():
+    with pytest.raises(ValueError, match="cycle"):
+        allocate(problem(node_parent=np.array([-1, 2, 1])), validate=False)
+
+
+def test_validation_still_runs_when_the_tree_is_reused():
+    p = problem()
+    allocate(p)
+    with pytest.raises(ValueError, match=r"upper_kw\[2\]: NaN"):
+        allocate(problem(upper_kw=np.array([180.0, 180.0, np.nan])))
+    allocate(problem(), validate=False)  # caches the tree unvalidated ...
+    with pytest.raises(ValueError, match=r"node_parent\[1\]: .*cycle"):
+        allocate(problem(node_parent=np.array([-1, 2, 1])))  # ... a different tree is checked
