@@ -765,13 +765,14 @@ class LimitNode:
 
 @dataclass(frozen=True)
 class GunDemand:
-    """One gun's demand: its parent node, what it asks (kW), its upper bound (kW), its
-    minimum when on (kW, 0 = any level), priority class (lower first) and weight (> 0)."""
+    """One gun's demand: its parent node, what it asks (kW), its upper bound (kW: rating,
+    vehicle acceptance, derating), its minimum when on (kW, 0 = any level), priority class
+    (lower first) and weight (> 0)."""
 
     id: str
     node_id: str
     ask_kw: float
-    upper_kw: float = float("inf")
+    upper_kw: float
     min_kw: float = 0.0
     priority: int = 0
     weight: float = 1.0

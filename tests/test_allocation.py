@@ -141,9 +141,9 @@ def test_bad_input_in_one_site_names_the_object():
     with pytest.raises(ValueError, match=r"gun 'g2' upper_kw: NaN"):
         allocate_site([GunDemand("g1", "site", 10.0, 20.0), GunDemand("g2", "site", 10.0, math.nan)], nodes)
     with pytest.raises(ValueError, match=r"unknown node_id 'nope'"):
-        allocate_site([GunDemand("g1", "nope", 10.0)], nodes)
+        allocate_site([GunDemand("g1", "nope", 10.0, 20.0)], nodes)
     with pytest.raises(ValueError, match=r"duplicate gun id 'g1'"):
-        allocate_site([GunDemand("g1", "site", 10.0), GunDemand("g1", "site", 10.0)], nodes)
+        allocate_site([GunDemand("g1", "site", 10.0, 20.0), GunDemand("g1", "site", 10.0, 20.0)], nodes)
     with pytest.raises(ValueError, match=r"unknown parent_id 'x'"):
         allocate_site([], [LimitNode("a", "x")])
     with pytest.raises(ValueError, match=r"node 'a' node_parent: .*cycle"):
