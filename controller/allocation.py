@@ -172,17 +172,16 @@ def _validate(a: dict[str, np.ndarray]) -> None:
         if not (np.issubdtype(v.dtype, np.floating) or np.issubdtype(v.dtype, np.integer)):
             raise ValueError(f"{name}: numeric array expected, got dtype {v.dtype}")
         v = v.astype(np.float64, copy=False)
-        bad = np.isnan(v)
-        if bad.any():
-            raise ValueError(f"{name}[{_first(bad)}]: NaN")
+        lo, hi = v.min(), v.max()  # NaN propagates into both: two passes decide the usual case
+        if (lo > 0 if name == "weight" else lo >= 0) and (hi < np.inf or name == "node_limit_kw"):
+            continue
+        bad = np.isnan(v) | (v <= 0 if name == "weight" else v < 0)
         if name != "node_limit_kw":  # only a node may be unlimited
-            bad = np.isinf(v)
-            if bad.any():
-                raise ValueError(f"{name}[{_first(bad)}]: infinite")
-        bad = v <= 0 if name == "weight" else v < 0
-        if bad.any():
-            i = _first(bad)
-            raise ValueError(f"{name}[{i}]: {float(v[i])!r} must be {'> 0' if name == 'weight' else '>= 0'}")
+            bad |= np.isinf(v)
+        i = _first(bad)
+        x = float(v[i])
+        why = "NaN" if x != x else "infinite" if math.isinf(x) else f"{x!r} must be {'> 0' if name == 'weight' else '>= 0'}"
+        raise ValueError(f"{name}[{i}]: {why}")
     if n_g:
         gn = a["gun_node"]
         bad = (gn < 0) | (gn >= n_n)
@@ -193,7 +192,7 @@ def _validate(a: dict[str, np.ndarray]) -> None:
         if bad.any():
             i = _first(bad)
             raise ValueError(f"min_kw[{i}]: {float(a['min_kw'][i])!r} is above upper_kw[{i}] = {float(a['upper_kw'][i])!r}")
-    if n_n:
+    if n_n and not _tree_cached(a["node_parent"], validated=True):
         par = a["node_parent"]
         bad = (par < -1) | (par >= n_n) | (par == np.arange(n_n))
         if bad.any():
@@ -233,10 +232,14 @@ class _Tree:
         depth = np.zeros(n, np.int64)
         idx = np.flatnonzero(parent >= 0)
         anc = parent[idx]
-        while idx.size:  # walk every node up one level per round; rounds = max depth
+        for _ in range(n + 1):  # walk every node up one level per round; rounds = max depth
+            if not idx.size:
+                break
             depth[idx] += 1
             keep = parent[anc] >= 0
             idx, anc = idx[keep], parent[anc[keep]]
+        else:  # only reachable with validate=False: never loop forever on a bad tree
+            raise ValueError("node_parent: makes a cycle")
         self.depth = depth
         self.max_depth = int(depth.max()) if n else 0
         # Small ints sort stably by radix in O(n); int64 would take a comparison sort.
@@ -282,20 +285,31 @@ class _Tree:
         return pre
 
 
-_TREE_CACHE: list = []  # [(node_parent copy, _Tree)]: the last forest seen
+_TREE_CACHE: list = []  # [(node_parent copy, _Tree, validated)]: the last forest seen
 
 
-def _tree_of(node_parent: np.ndarray) -> _Tree:
+def _tree_cached(node_parent: np.ndarray, validated: bool = False) -> _Tree | None:
+    cached = _TREE_CACHE[0] if _TREE_CACHE else None
+    if (cached is not None and (cached[2] or not validated) and cached[0].shape == node_parent.shape
+            and np.array_equal(cached[0], node_parent)):
+        return cached[1]
+    return None
+
+
+def _tree_of(node_parent: np.ndarray, validated: bool) -> _Tree:
     """The forest's _Tree, reused when ``node_parent`` equals the last call's (a control loop
     or a simulation calls with one topology over and over; checking costs one compare pass,
-    building ~5 passes per depth). A pure cache: same input, same object, no state leaks."""
-    cached = _TREE_CACHE[0] if _TREE_CACHE else None
-    if cached is not None and cached[0].shape == node_parent.shape and np.array_equal(cached[0], node_parent):
-        return cached[1]
+    building ~5 passes per depth, validating the parents a few more). A pure cache: same
+    input, same result, nothing else kept."""
+    tree = _tree_cached(node_parent)
+    if tree is not None:
+        if validated:
+            _TREE_CACHE[0] = (_TREE_CACHE[0][0], tree, True)
+        return tree
     tree = _Tree(node_parent.astype(np.int64, copy=True))
     for arr in [tree.parent, tree.depth, tree.size, tree.pre, *tree.by_depth, *tree.pre_lo, *tree.pre_hi]:
         arr.flags.writeable = False  # shared between calls: nobody may write into it
-    _TREE_CACHE[:] = [(tree.parent, tree)]
+    _TREE_CACHE[:] = [(tree.parent, tree, validated)]
     return tree
 
 
@@ -575,7 +589,7 @@ def allocate(problem: AllocationProblem, *, validate: bool = True) -> Allocation
     mn = a["min_kw"].astype(np.float64, copy=False)
     w = a["weight"].astype(np.float64, copy=False)
     prio = a["priority"]
-    tree = _tree_of(a["node_parent"])
+    tree = _tree_of(a["node_parent"], validate)
 
     cap = np.minimum(ask, upper)
     cap_code = np.where(upper < ask, BOUND_UPPER, BOUND_ASK)
@@ -751,13 +765,14 @@ class LimitNode:
 
 @dataclass(frozen=True)
 class GunDemand:
-    """One gun's demand: its parent node, what it asks (kW), its upper bound (kW), its
-    minimum when on (kW, 0 = any level), priority class (lower first) and weight (> 0)."""
+    """One gun's demand: its parent node, what it asks (kW), its upper bound (kW: rating,
+    vehicle acceptance, derating), its minimum when on (kW, 0 = any level), priority class
+    (lower first) and weight (> 0)."""
 
     id: str
     node_id: str
     ask_kw: float
-    upper_kw: float = float("inf")
+    upper_kw: float
     min_kw: float = 0.0
     priority: int = 0
     weight: float = 1.0

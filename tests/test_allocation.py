@@ -141,9 +141,9 @@ def test_bad_input_in_one_site_names_the_object():
     with pytest.raises(ValueError, match=r"gun 'g2' upper_kw: NaN"):
         allocate_site([GunDemand("g1", "site", 10.0, 20.0), GunDemand("g2", "site", 10.0, math.nan)], nodes)
     with pytest.raises(ValueError, match=r"unknown node_id 'nope'"):
-        allocate_site([GunDemand("g1", "nope", 10.0)], nodes)
+        allocate_site([GunDemand("g1", "nope", 10.0, 20.0)], nodes)
     with pytest.raises(ValueError, match=r"duplicate gun id 'g1'"):
-        allocate_site([GunDemand("g1", "site", 10.0), GunDemand("g1", "site", 10.0)], nodes)
+        allocate_site([GunDemand("g1", "site", 10.0, 20.0), GunDemand("g1", "site", 10.0, 20.0)], nodes)
     with pytest.raises(ValueError, match=r"unknown parent_id 'x'"):
         allocate_site([], [LimitNode("a", "x")])
     with pytest.raises(ValueError, match=r"node 'a' node_parent: .*cycle"):
@@ -158,3 +158,23 @@ def test_allocate_site_matches_batch():
     guns = [GunDemand("a", "p1", 180.0, 180.0), GunDemand("b", "p1", 180.0, 180.0), GunDemand("c", "p2", 60.0, 60.0)]
     r = allocate_site(guns, nodes)
     assert r == {"a": GunResult(120.0, "site"), "b": GunResult(120.0, "site"), "c": GunResult(60.0, "ask")}
+
+
+def test_first_bad_index_whatever_the_reason():
+    with pytest.raises(ValueError, match=r"upper_kw\[0\]: -1.0 must be >= 0"):
+        allocate(problem(upper_kw=np.array([-1.0, np.nan, 60.0]), min_kw=np.array([-2.0, 0.0, 0.0])))
+
+
+def test_cycle_without_validation_raises_instead_of_hanging():
+    with pytest.raises(ValueError, match="cycle"):
+        allocate(problem(node_parent=np.array([-1, 2, 1])), validate=False)
+
+
+def test_validation_still_runs_when_the_tree_is_reused():
+    p = problem()
+    allocate(p)
+    with pytest.raises(ValueError, match=r"upper_kw\[2\]: NaN"):
+        allocate(problem(upper_kw=np.array([180.0, 180.0, np.nan])))
+    allocate(problem(), validate=False)  # caches the tree unvalidated ...
+    with pytest.raises(ValueError, match=r"node_parent\[1\]: .*cycle"):
+        allocate(problem(node_parent=np.array([-1, 2, 1])))  # ... a different tree is checked
