@@ -1,4 +1,4 @@
-"""Plain-Python reference allocator: the rules of controller/allocation.py, written for
+"""Plain-Python reference allocator: the rules of controller/allocation/, written for
 reading, not speed, and computed a different way.
 
 Where the core fills bottom-up with one exact water level per node (Newton on each node's
