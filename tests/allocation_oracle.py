@@ -1,4 +1,4 @@
-"""Plain-Python reference allocator: the rules of controller/allocation.py, written for
+"""Plain-Python reference allocator: the rules of controller/allocation/, written for
 reading, not speed, and computed a different way.
 
 Where the core fills bottom-up with one exact water level per node (Newton on each node's
@@ -112,7 +112,6 @@ def oracle_allocate(gun_node, upper_kw, min_kw, ask_kw, priority, weight,
     steps = [0.0] * len(parent) if node_step_kw is None else [float(s) for s in node_step_kw]
     anc = [_ancestors(parent, int(gun_node[i])) for i in range(n_g)]
     pre = _preorder(parent)
-    root = [a[-1] for a in anc]
     step, cap, mn = [], [], []
     for i in range(n_g):
         s = steps[int(gun_node[i])]

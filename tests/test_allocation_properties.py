@@ -246,3 +246,17 @@ def test_scalar_site_path_equals_batched_core(p):
         assert got[gd.id].setpoint_kw == pytest.approx(r.setpoint_kw[i], rel=1e-9, abs=1e-9)
         b = int(r.bound_by[i])
         assert got[gd.id].bound_by == names.get(b, f"n{b}"), (gd.id, got[gd.id], b)
+
+
+@pytest.mark.slow
+@SLOW
+@given(problems(max_sites=4, max_nodes=9, max_guns=14))
+def test_scalar_site_path_equals_batched_core_slow(p):
+    test_scalar_site_path_equals_batched_core.hypothesis.inner_test(p)
+
+
+@pytest.mark.slow
+@SLOW
+@given(problems(max_sites=4, max_nodes=9, max_guns=14), st.randoms(use_true_random=False))
+def test_order_of_guns_does_not_matter_slow(p, rnd):
+    test_order_of_guns_does_not_matter.hypothesis.inner_test(p, rnd)
