@@ -19,7 +19,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from hw_profiles.errors import InputError
+from hw_profiles.errors import InputError, open_input
 from hw_profiles.fleet import vin_for
 from hw_profiles.specs import StationSpec
 
@@ -122,12 +122,7 @@ def load_plan(path: str | os.PathLike, station: StationSpec) -> tuple[Plan, list
     Raises :class:`InputError` (file, line, reason) when the file cannot be read as a plan.
     """
     src = str(path)
-    try:
-        f = open(path, newline="", encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(src, None, "no such file") from None
-    except (IsADirectoryError, PermissionError) as e:
-        raise InputError(src, None, e.strerror) from None
+    f = open_input(path)
     ratings = gun_ratings(station)
     segments: list[Segment] = []
     warnings: list[str] = []

@@ -42,3 +42,14 @@ class InputError(ValueError):
         if self.where and self.where.startswith("["):
             where = f"{prefix}{self.where}"
         return InputError(self.source, where, self.reason)
+
+
+def open_input(path):
+    """Open a user's text file (CSV) for reading; a missing or unreadable file is an InputError."""
+    src = str(path)
+    try:
+        return open(path, newline="", encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(src, None, "no such file") from None
+    except (IsADirectoryError, PermissionError) as e:
+        raise InputError(src, None, e.strerror) from None

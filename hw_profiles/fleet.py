@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass
 
 from .catalog import Catalog, default_catalog
-from .errors import InputError
+from .errors import InputError, open_input
 from .specs import VehicleClass, VehicleSpec
 
 REQUIRED = ("vehicle_id", "profile", "arrival", "departure")
@@ -90,12 +90,7 @@ def load_fleet(path: str | os.PathLike, catalog: Catalog | None = None) -> list[
     """Load and validate a fleet CSV. Errors name the file, the line and the reason."""
     catalog = catalog or default_catalog()
     src = str(path)
-    try:
-        f = open(path, newline="", encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(src, None, "no such file") from None
-    except (IsADirectoryError, PermissionError) as e:
-        raise InputError(src, None, e.strerror) from None
+    f = open_input(path)
     with f:
         try:
             reader = csv.DictReader(f)
