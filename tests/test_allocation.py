@@ -178,3 +178,23 @@ def test_validation_still_runs_when_the_tree_is_reused():
     allocate(problem(), validate=False)  # caches the tree unvalidated ...
     with pytest.raises(ValueError, match=r"node_parent\[1\]: .*cycle"):
         allocate(problem(node_parent=np.array([-1, 2, 1])))  # ... a different tree is checked
+
+
+def test_identical_guns_tie_break_by_lowest_input_index():
+    """Regression (found by the slow property run): two identical guns under a 10 kW-step pile
+    that has room for one step; the deterministic tie-break gives it to the lower input index,
+    whatever order the nodes and other guns come in (the oracle does the same)."""
+    p = AllocationProblem(
+        gun_node=np.array([6, 1, 1, 1, 1, 1, 1, 6, 1, 1]),
+        upper_kw=np.array([180, 0, 7.5, 0, 0, 0, 0, 180, 0, 7.5]),
+        min_kw=np.zeros(10),
+        ask_kw=np.array([180, 0, 7.5, 0, 0, 0, 0, 180, 0, 7.5]),
+        priority=np.array([2, 0, 0, 0, 0, 0, 0, 2, 0, 0]),
+        weight=np.full(10, 0.5),
+        node_parent=np.array([-1, -1, 1, 1, 1, 1, 1, 1, 1]),
+        node_limit_kw=np.array([0, 30, 0, 0, 0, np.inf, 10, 0, 0.0]),
+        node_step_kw=np.array([0, 0, 0, 0, 0, 0, 10, 0, 0.0]),
+    )
+    r = allocate(p)
+    assert r.setpoint_kw[0] == 10 and r.setpoint_kw[7] == 0
+    assert r.setpoint_kw.sum() == 25

@@ -565,7 +565,7 @@ def allocate(problem: AllocationProblem, *, validate: bool = True) -> Allocation
         # radix sort by class keeps it, in O(n).
         order = np.argsort(cls.astype(np.int16) if ncls < 32767 else cls, kind="stable")
     else:
-        order = np.argsort(cls.astype(np.int64) * (n_n + 1) + gpre)
+        order = np.argsort(cls.astype(np.int64) * (n_n + 1) + gpre, kind="stable")  # ties: lowest input index first
     key = cls[order]
     bounds = np.searchsorted(key, np.arange(ncls + 1))
     for c in range(len(classes)):
