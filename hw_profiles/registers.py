@@ -229,7 +229,10 @@ def encode(reg: Register, value, word_order: WordOrder = WordOrder.BIG) -> list[
         data = str(value or "").encode("ascii", errors="replace")[: reg.words * 2]
         data = data.ljust(reg.words * 2, b"\0")
         return [(data[i] << 8) | data[i + 1] for i in range(0, len(data), 2)]
-    raw = int(round(float(value) / reg.scale))
+    if reg.scale == 1 and isinstance(value, int):
+        raw = int(value)  # exact: a float would round a 64-bit meter above 2**53 Wh
+    else:
+        raw = int(round(float(value) / reg.scale))
     bits = 16 * reg.words
     if reg.type is RegType.I16:
         if not -(1 << 15) <= raw < (1 << 15):

@@ -57,8 +57,9 @@ def test_default_date_is_tomorrow_from_the_injected_clock(examples, tmp_path):
     assert cmd_schedule(args, clock=clock) == 0
     doc = json.loads((tmp_path / "o" / "report.json").read_text())
     assert doc["date"] == "2030-03-05"
-    first = next(csv.DictReader((tmp_path / "o" / "plan.csv").open()))
-    assert first["start"].startswith("2030-03-05T23:")
+    starts = sorted(r["start"] for r in csv.DictReader((tmp_path / "o" / "plan.csv").open()))
+    # the night of day 0: buses arrive from 19:00 on 2030-03-05 and leave by 08:30 on 2030-03-06
+    assert "2030-03-05T19:00" <= starts[0] and starts[-1] < "2030-03-06T08:30"
 
 
 def test_more_buses_than_guns(tmp_path):

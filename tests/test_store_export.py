@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import asyncio
 import csv
 import io
@@ -16,7 +18,8 @@ from hw_profiles.station import load_station
 from hw_profiles.tariff import load_tariff
 from store_helpers import local_ts, store_url  # noqa: F401  (fixture)
 
-BUS = load_station(EXAMPLES / "bus-depot.toml")
+# Sessions of 2023: billed under the tariff in force then (the example depot now uses yunnan-2024).
+BUS = dataclasses.replace(load_station(EXAMPLES / "bus-depot.toml"), tariff="yunnan-pre2024")
 TARIFF = load_tariff(BUS.tariff)
 
 

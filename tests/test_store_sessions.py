@@ -5,6 +5,8 @@ Every test runs on an SQLite file, and again on PostgreSQL when EVSTACK_TEST_DAT
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import signal
 import subprocess
@@ -21,7 +23,8 @@ from hw_profiles.station import load_station
 from hw_profiles.tariff import load_tariff
 from store_helpers import local_ts, store_url  # noqa: F401  (store_url is a fixture)
 
-BUS = load_station(EXAMPLES / "bus-depot.toml")
+# Sessions of 2023: billed under the tariff in force then (the example depot now uses yunnan-2024).
+BUS = dataclasses.replace(load_station(EXAMPLES / "bus-depot.toml"), tariff="yunnan-pre2024")
 BUS_TARIFF = load_tariff(BUS.tariff)
 T0 = local_ts(2023, 10, 9, 22, 30)
 
