@@ -180,12 +180,14 @@ def test_order_of_guns_does_not_matter(p, rnd):
                             ("gun_node", "upper_kw", "min_kw", "ask_kw", "priority", "weight")),
                           p.node_parent, p.node_limit_kw, p.node_step_kw)
     a, b = allocate(p), allocate(q)
-    # Guns equal in every field are interchangeable: which of two identical guns gets the
+    # Guns equal in every field the rules use are interchangeable: which of two identical guns gets the
     # one minimum or module step that fits is decided by input index, so compare each such
     # group as a multiset; every other gun must get exactly the same setpoint.
     groups: dict[tuple, list[int]] = {}
     for i in range(len(p.gun_node)):
-        key = tuple(float(getattr(p, f)[i]) for f in ("gun_node", "upper_kw", "min_kw", "ask_kw", "priority", "weight"))
+        # what the rules look at: node, effective cap min(ask, upper), minimum, class, weight
+        key = (int(p.gun_node[i]), float(min(p.ask_kw[i], p.upper_kw[i])), float(p.min_kw[i]),
+               int(p.priority[i]), float(p.weight[i]))
         groups.setdefault(key, []).append(i)
     inv = np.argsort(perm)  # position in q of gun i of p
     for members in groups.values():
