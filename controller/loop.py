@@ -9,8 +9,9 @@ One cycle (``cycle_s`` simulated seconds apart, 1 s by default):
 4. the allocation core splits the site's power (limits: site, feeders, pile pools minus what
    unreachable piles may still draw) -- every setpoint written comes out of it;
 5. setpoints are written to online piles when they changed, when the pile is in fail-safe, or
-   when the pile's watchdog (``remaining_s``) would run out before the next refresh, so an
-   unchanged setpoint is renewed within ``validity_s``; the watchdog period itself is set on
+   when an unchanged setpoint is due for renewal (see :class:`RenewalSchedule`: renewals are
+   staggered by pile so that about 1/k of the piles renew each cycle, never later than
+   ``validity_s`` minus two cycles after the last write); the watchdog period itself is set on
    each gun to ``validity_s`` when it differs.
 
 Writes to different piles run concurrently; a slow pile is not waited for beyond the cycle's
@@ -37,6 +38,49 @@ from .sessions import SessionManager
 log = logging.getLogger("evstack.controller.loop")
 
 
+@dataclass(frozen=True)
+class RenewalSchedule:
+    """When to rewrite an unchanged setpoint before the pile's watchdog runs out. Pure.
+
+    Renewing every gun on the same cycle makes that cycle carry one write per gun on top of the
+    reads (the p99 spike of ``bench/controller.py``). Instead each pile gets a phase
+    (``pile index % period_cycles``) and renews on the cycles whose number matches it, so
+    about ``1/period_cycles`` of the piles renew per cycle.
+
+    Safety: a renewal is never later than ``validity_s - 2 x cycle_s`` after the last write
+    (while cycles run on time). ``latest_age_s`` = that bound minus 1.5 cycles is the age at
+    which a gun is renewed on any cycle, whatever its phase, so half a cycle of jitter in the
+    cycle times still keeps the renewal within the bound. The period is at most
+    ``validity_s / 2`` and at most ``latest_age_s``, so in steady state renewals happen on
+    phase, well before expiry. All times in simulated seconds.
+    """
+
+    cycle_s: float
+    validity_s: float
+
+    @property
+    def latest_age_s(self) -> float:
+        """Age of the last write (s) from which a gun is renewed on any cycle."""
+        return max(0.0, self.validity_s - 3.5 * self.cycle_s)
+
+    @property
+    def period_cycles(self) -> int:
+        """Cycles between two on-phase renewals of a pile (1: every cycle, no staggering)."""
+        return max(1, int(min(self.validity_s / 2, self.latest_age_s) / self.cycle_s + 1e-9))
+
+    def on_phase(self, cycle_no: int, pile_index: int) -> bool:
+        return cycle_no % self.period_cycles == pile_index % self.period_cycles
+
+    def due(self, age_s: float, remaining_s: float, on_phase: bool) -> bool:
+        """Renew now? ``age_s``: since the controller last wrote the value; ``remaining_s``: the
+        pile's own watchdog time left (it may know better, e.g. after a pile restart)."""
+        if age_s >= self.latest_age_s or remaining_s <= self.validity_s - self.latest_age_s:
+            return True
+        # On phase: renew if waiting for the next on-phase cycle would reach latest_age_s
+        # (that keeps the gun on its pile's phase instead of drifting to the fallback).
+        return on_phase and age_s + self.period_cycles * self.cycle_s >= self.latest_age_s
+
+
 @dataclass
 class CycleStats:
     """Durations of the last cycle's phases, real seconds; counts of requests."""
@@ -48,6 +92,7 @@ class CycleStats:
     total_s: float = 0.0
     writes: int = 0
     history: list = field(default_factory=list)  # total_s of recent cycles (bench)
+    phases: list = field(default_factory=list)  # (read_s, decide_s, write_s, store_s, writes) of recent cycles (bench)
 
 
 class ControlLoop:
@@ -74,6 +119,8 @@ class ControlLoop:
         self.demands: dict[str, Demand] = {}
         self.cycles = 0
         self._specs = {(p.id, n): g for p, n, g in station.guns()}
+        self._pile_index = {p.id: i for i, p in enumerate(station.piles)}
+        self.renewals = RenewalSchedule(cycle_s, self.validity_s)
         self._pile_class = {p.id: p.spec.pile_class for p in station.piles}
         self._written: dict[tuple[str, int], tuple[str, float, float]] = {}  # (pile, gun) -> (reg, value, t_s)
         self._failsafe_kw: dict[str, float] = {}
@@ -112,6 +159,8 @@ class ControlLoop:
         if self.keep_history:
             s.history.append(s.total_s)
             del s.history[: -self.keep_history]
+            s.phases.append((s.read_s, s.decide_s, s.write_s, s.store_s, s.writes))
+            del s.phases[: -self.keep_history]
         if s.total_s > self.slow_cycle_s:
             log.warning("slow cycle: %.0f ms (read %.0f, decide %.0f, write %.0f, store %.0f ms)",
                         s.total_s * 1e3, s.read_s * 1e3, s.decide_s * 1e3, s.write_s * 1e3, s.store_s * 1e3,
@@ -171,8 +220,7 @@ class ControlLoop:
         """Which registers to write this cycle, per pile."""
         alloc_kw = {(g.pile_id, g.gun_no): float(kw) for g, kw in zip(guns, setpoint_kw)}
         t = snap.t_s
-        # Renew when the watchdog would run out before two more cycles have passed.
-        margin_s = max(2.5 * self.cycle_s, 0.5 * self.validity_s)
+        sched = self.renewals
         out: dict[str, list[RegisterWrite]] = {}
         for ps in snap.piles.values():
             if not ps.controllable:
@@ -182,6 +230,7 @@ class ControlLoop:
                 spec = self._specs[(g.pile_id, g.gun_no)]
                 fs += g.failsafe_kw if spec.kind is GunKind.DC else spec.kw_from_amps(g.failsafe_a)
             self._failsafe_kw[ps.pile_id] = fs
+            on_phase = sched.on_phase(self.cycles, self._pile_index[ps.pile_id])
             writes: list[RegisterWrite] = []
             for g in ps.guns:
                 if g.state is GunState.UNAVAILABLE:
@@ -198,9 +247,8 @@ class ControlLoop:
                 due = (
                     abs(current - value) > 1e-6
                     or not g.setpoint_accepted
-                    or g.remaining_s <= margin_s
                     or last is None or last[1] != value
-                    or t - last[2] >= self.validity_s - margin_s
+                    or sched.due(t - last[2], g.remaining_s, on_phase)
                 )
                 if due:
                     writes.append(RegisterWrite(g.gun_no, reg, value))
@@ -215,7 +263,11 @@ class ControlLoop:
         for pid, ws in writes.items():
             prev = self._write_tasks.get(pid)
             if prev is not None and not prev.done():
-                continue  # that pile is still busy with last cycle's writes: skip, retry next cycle
+                # That pile is still busy with last cycle's writes: skip, and forget these values
+                # as written so they are retried next cycle (a skipped renewal must not count).
+                for w in ws:
+                    self._written.pop((pid, w.gun_no), None)
+                continue
             task = asyncio.create_task(self._write_pile(drivers[pid], pid, ws))
             self._write_tasks[pid] = task
             started.append(task)
