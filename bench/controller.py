@@ -4,7 +4,11 @@ Prints, with the targets beside them:
 * control cycle p50/p99 (read all piles, allocate, write what changed or needs renewing);
 * the controller process's CPU share at 1 Hz;
 * the raw floor: one pymodbus read per pile issued concurrently with nothing else done
-  (the same number of requests as a cycle's reads), and the ratio cycle / floor.
+  (the same number of requests as a cycle's reads), and the ratio cycle / floor;
+* where a cycle's time goes (read / decide / write / store, p50 and p99), the cycle minus its
+  read time (what the controller adds on top of the reads), writes per cycle, and the CPU
+  share of the simulator process (one process serves all piles: when it is near 100 % the
+  figures measure the simulator, not the controller).
 
 Usage: ``python bench/controller.py [--piles 100] [--cycles 30]``. Not a test: figures only.
 """
@@ -29,6 +33,15 @@ sys.path.insert(0, str(ROOT / "tests"))
 def pct(xs, q):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+
+
+def proc_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` (Linux /proc), None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def write_files(tmp: Path, n: int) -> tuple[Path, Path]:
@@ -76,7 +89,7 @@ async def raw_floor(station, rounds: int) -> list[float]:
     return out
 
 
-async def control(station, cycles: int):
+async def control(station, cycles: int, sim_pid: int):
     from hw_profiles.clock import ScaledClock
     from hw_profiles.tariff import load_tariff
 
@@ -94,9 +107,11 @@ async def control(station, cycles: int):
     for _ in range(3):  # warm up: connect, first writes
         await loop.cycle()
     loop.stats.history.clear()
+    loop.stats.phases.clear()
     writes = 0
     stop = asyncio.Event()
     cpu0, wall0 = time.process_time(), time.perf_counter()
+    sim0 = proc_cpu_s(sim_pid)
 
     async def count():
         nonlocal writes
@@ -109,11 +124,14 @@ async def control(station, cycles: int):
     stop.set()
     await counter
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    sim1 = proc_cpu_s(sim_pid)
+    sim_share = (sim1 - sim0) / wall if sim0 is not None and sim1 is not None else None
     hist = list(loop.stats.history)
+    phases = list(loop.stats.phases)
     online = sum(ps.controllable for ps in loop.snapshot.piles.values())
     charging = sum(g.power_kw > 0 for g in loop.snapshot.guns())
     await loop.close()
-    return hist, cpu / wall, online, charging, sum(d.requests for d in drivers.values())
+    return hist, phases, cpu / wall, sim_share, online, charging, sum(d.requests for d in drivers.values())
 
 
 async def main() -> None:
@@ -137,7 +155,7 @@ async def main() -> None:
                 raise SystemExit(f"evstack sim did not start: {sim.stderr.read()[-2000:]}")
             station = load_station(station_path)
             floor = await raw_floor(station, 30)
-            hist, cpu_share, online, charging, requests = await control(station, args.cycles)
+            hist, phases, cpu_share, sim_share, online, charging, requests = await control(station, args.cycles, sim.pid)
         finally:
             sim.terminate()
             sim.wait(10)
@@ -150,6 +168,16 @@ async def main() -> None:
     print(f"  controller CPU at 1 Hz:                    {cpu_share * 100:5.1f} % of one core         (target < 25 %)")
     print(f"  raw floor ({n} concurrent pymodbus reads):  p50 {f50:6.1f} ms   p99 {f99:6.1f} ms")
     print(f"  cycle / floor (p50):                       {c50 / f50:5.2f}x                     (target <= 2x)")
+    print(f"  cycle / floor (p99):                       {c99 / f99:5.2f}x")
+    cols = list(zip(*phases))
+    for name, xs in zip(("read", "decide", "write", "store"), cols):
+        print(f"  {name + ':':7s} p50 {pct(xs, 50) * 1e3:6.1f} ms   p99 {pct(xs, 99) * 1e3:6.1f} ms")
+    beyond = [h - p[0] for h, p in zip(hist, phases)]
+    print(f"  cycle minus its read time: p50 {pct(beyond, 50) * 1e3:6.1f} ms   p99 {pct(beyond, 99) * 1e3:6.1f} ms")
+    wc = cols[4]
+    print(f"  writes per cycle: median {statistics.median(wc):.0f}, max {max(wc)}")
+    if sim_share is not None:
+        print(f"  simulator process CPU: {sim_share * 100:5.1f} % of one core (all {n} piles in one process)")
     print(f"  median cycle of all: {statistics.median(hist) * 1e3:.1f} ms")
 
 
