@@ -49,8 +49,8 @@ class RenewalSchedule:
 
     Safety: a renewal is never later than ``validity_s - 2 x cycle_s`` after the last write
     (while cycles run on time). ``latest_age_s`` = that bound minus 1.5 cycles is the age at
-    which a gun is renewed on any cycle, whatever its phase, so half a cycle of jitter in the
-    cycle times still keeps the renewal within the bound. The period is at most
+    which a gun is renewed on any cycle, whatever its phase, so a cycle up to half a cycle late
+    still keeps the renewal within the bound. The period is at most
     ``validity_s / 2`` and at most ``latest_age_s``, so in steady state renewals happen on
     phase, well before expiry. All times in simulated seconds.
     """
