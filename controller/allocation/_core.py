@@ -84,6 +84,29 @@ def _first(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
+def _values_ok(a: dict[str, np.ndarray]) -> bool:
+    """True when every value check of :func:`_validate` passes, decided with a handful of
+    reductions over concatenated fields (a numpy call costs microseconds whatever its size,
+    and a small problem would otherwise spend most of its time on a dozen of them). False
+    means: run the field-by-field checks, which find and name the first bad value."""
+    fl = [a[n] for n in ("upper_kw", "min_kw", "ask_kw", "node_step_kw") if a[n] is not None]
+    ints = [a[n] for n in _GUN_INT_FIELDS + ("node_parent",)]
+    if any(v.dtype.kind not in "fiu" for v in fl + [a["weight"], a["node_limit_kw"]]):
+        return False
+    if any(v.size and v.dtype.kind not in "iu" for v in ints):
+        return False
+    v = np.concatenate(fl) if len(fl) > 1 else fl[0]
+    if v.size and not (v.min() >= 0 and v.max() < np.inf):  # NaN fails both comparisons
+        return False
+    wt = a["weight"]
+    if wt.size and not (wt.min() > 0 and wt.max() < np.inf):
+        return False
+    lim = a["node_limit_kw"]
+    if lim.size and not lim.min() >= 0:  # inf allowed; NaN propagates into the min
+        return False
+    return True
+
+
 def _validate(a: dict[str, np.ndarray]) -> None:
     """Raise ``ValueError("field[index]: reason")`` at the first bad value; allocate nothing."""
     n_g = a["gun_node"].shape[0]
@@ -94,13 +117,16 @@ def _validate(a: dict[str, np.ndarray]) -> None:
     for name in ("node_limit_kw", "node_step_kw"):
         if a[name] is not None and a[name].shape[0] != n_n:
             raise ValueError(f"{name}: length {a[name].shape[0]}, expected {n_n} (as node_parent)")
+    fast = _values_ok(a)  # lengths are right: the value checks below can be one pass
     for name in _GUN_INT_FIELDS + ("node_parent",):
+        if fast:
+            break
         if n_g and name != "node_parent" or name == "node_parent" and n_n:
             if not np.issubdtype(a[name].dtype, np.integer):
                 raise ValueError(f"{name}: integer array expected, got dtype {a[name].dtype}")
     for name in _GUN_FLOAT_FIELDS + ("node_limit_kw", "node_step_kw"):
         v = a[name]
-        if v is None or v.size == 0:
+        if fast or v is None or v.size == 0:
             continue
         if not (np.issubdtype(v.dtype, np.floating) or np.issubdtype(v.dtype, np.integer)):
             raise ValueError(f"{name}: numeric array expected, got dtype {v.dtype}")
@@ -530,25 +556,30 @@ def allocate(problem: AllocationProblem, *, validate: bool = True) -> Allocation
     step = None
     if a["node_step_kw"] is not None:
         st = a["node_step_kw"].astype(np.float64, copy=False)[gun_node]
-        if (st > 0).any():
+        has = st > 0
+        if has.any():
             step = st
-            has = st > 0
             sd = np.where(has, st, 1.0)
             # Tolerance: 359.99999999 kW asked on a 30 kW step is 12 steps, not 11.
             cap = np.where(has, np.floor(cap / sd + 1e-9) * sd, cap)
             mn = np.where(has, np.ceil(mn / sd - 1e-9) * sd, mn)
     # A gun that cannot run within its own cap: 0 kW. Shed if it asked for something.
+    # (copyto with a mask: a boolean fancy-index store is several times slower.)
     cannot = cap < mn - _FIT_TOL_KW
-    bound_by[cap <= 0] = cap_code[cap <= 0]
-    bound_by[cannot & (cap > 0)] = BOUND_SHED
-    active = ~cannot & (cap > 0)
+    off = cap <= 0
+    np.copyto(bound_by, cap_code, where=off)
+    active = ~off
+    np.copyto(bound_by, BOUND_SHED, where=cannot & active)
+    active &= ~cannot
 
     room = np.append(a["node_limit_kw"].astype(np.float64), np.inf)  # + dummy node
 
     # Guns sorted by (class, pre-order of node): every class is a block and inside it every
     # subtree a slice. Order among guns of one node does not matter to any rule.
     lo_p, hi_p = int(prio.min()), int(prio.max())
-    if hi_p - lo_p < 4 * n_g + 1024:  # small class numbers: a table instead of a sort
+    if lo_p == hi_p:  # one class (the common small case): no table, no sort key
+        classes, cls = [lo_p], np.zeros(n_g, np.int64)
+    elif hi_p - lo_p < 4 * n_g + 1024:  # small class numbers: a table instead of a sort
         present = np.bincount(prio - lo_p) > 0
         classes = np.flatnonzero(present) + lo_p
         cls = (np.cumsum(present) - 1)[prio - lo_p]
@@ -568,22 +599,33 @@ def allocate(problem: AllocationProblem, *, validate: bool = True) -> Allocation
         order = np.argsort(cls.astype(np.int64) * (n_n + 1) + gpre, kind="stable")  # ties: lowest input index first
     key = cls[order]
     bounds = np.searchsorted(key, np.arange(ncls + 1))
-    for c in range(len(classes)):
+    # Each class returns its guns' setpoints and bounds in block order; one scatter at the
+    # end puts them in place (cheaper than a masked store per class).
+    xs, bs = [], []
+    for c in range(ncls):
         g = order[bounds[c] : bounds[c + 1]]
         if g.size:
-            last = c == len(classes) - 1  # nobody after it needs the room that is left
-            _allocate_class(tree, room, g, gun_node, cap, mn, w, step, setpoint, bound_by, last)
+            last = c == ncls - 1  # nobody after it needs the room that is left
+            x, b = _allocate_class(tree, room, g, gun_node, cap, mn, w, step, last)
+            xs.append(x)
+            bs.append(b)
+    n_act = int(bounds[ncls])
+    if n_act:
+        g = order[:n_act]
+        setpoint[g] = np.concatenate(xs) if len(xs) > 1 else xs[0]
+        bound_by[g] = np.concatenate(bs) if len(bs) > 1 else bs[0]
     full = active & (setpoint >= cap - _FIT_TOL_KW) & (bound_by != BOUND_SHED)
-    bound_by[full] = cap_code[full]
-    setpoint[full] = cap[full]
+    np.copyto(bound_by, cap_code, where=full)
+    np.copyto(setpoint, cap, where=full)
     return Allocation(setpoint, bound_by)
 
 
-def _allocate_class(tree, room, g, gun_node, cap, mn, w, step, setpoint, bound_by, last=False):
+def _allocate_class(tree, room, g, gun_node, cap, mn, w, step, last=False):
     """One priority class: admission of minimums, water-fill, module steps; then take what
     the class used off ``room`` (in place) for the classes after it.
 
-    ``g``: the class's guns in block order. Works in the block's compact node space."""
+    ``g``: the class's guns in block order. Works in the block's compact node space.
+    Returns (setpoint, bound) of those guns in block order (shed guns: 0 kW, BOUND_SHED)."""
     blk = _Block(tree, tree.pre[gun_node[g]])
     m, c, ww = mn[g], cap[g], w[g]
     room_c = np.append(room[blk.cnodes], np.inf)  # + dummy
@@ -615,7 +657,6 @@ def _allocate_class(tree, room, g, gun_node, cap, mn, w, step, setpoint, bound_b
                 t = _greedy(ch[cand, 0], ch[cand], m[cand], np.ones(cand.size), slack)
                 shed = np.concatenate([shed, cand[t < 1]])
             admitted[shed] = False
-            bound_by[g[shed]] = BOUND_SHED
             fixed = np.where(admitted, m, 0.0)
             fixed_c = blk.subtree_sums(fixed)
         else:
@@ -673,10 +714,7 @@ def _allocate_class(tree, room, g, gun_node, cap, mn, w, step, setpoint, bound_b
         used_c = blk.subtree_sums(x)
     if not last:
         room[blk.cnodes] -= used_c[:-1]
-    _store(g, admitted, x, bnd, setpoint, bound_by)
-
-
-def _store(g, admitted, x, bnd, setpoint, bound_by):
-    ok = g[admitted]
-    setpoint[ok] = x[admitted]
-    bound_by[ok] = bnd[admitted]
+    if not admitted.all():
+        x[~admitted] = 0.0
+        bnd[~admitted] = BOUND_SHED
+    return x, bnd
