@@ -328,6 +328,7 @@ class _Block:
                 lens[2:-1:2] = lo[1:] - hi[:-1]
                 lens[-1] = self.n - hi[-1]
                 ch[:, d] = np.repeat(vals, lens)
+            ch.flags.writeable = False  # blocks are cached across calls: nobody may write into it
             self._chain = ch
         return self._chain
 
@@ -527,6 +528,37 @@ def _greedy_order(m: np.ndarray, w: np.ndarray, c: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- allocate
 
 
+_PART_CACHE: list = []  # [(tree, gun_node copy, class per gun copy, ncls, order, bounds, blocks)]
+
+
+def _partition(tree: _Tree, gun_node: np.ndarray, cls: np.ndarray, ncls: int):
+    """Guns sorted by (class, pre-order of node) -- ``order``, with class c at
+    ``order[bounds[c]:bounds[c+1]]`` -- and a slot per class for its :class:`_Block`.
+
+    Kept for the last call: when the forest, ``gun_node`` and the class of every gun (with
+    the inactive ones as class ``ncls``) are what they were, the sort and the blocks are
+    too (a control loop whose set of running guns and classes did not change; checking
+    costs two compare passes). A pure cache: same input, same result."""
+    if _PART_CACHE:
+        t, gn, cl, nc, order, bounds, blocks = _PART_CACHE[0]
+        if (t is tree and nc == ncls and gn.shape == gun_node.shape and np.array_equal(gn, gun_node)
+                and np.array_equal(cl, cls)):
+            return order, bounds, blocks
+    gpre = tree.pre[gun_node]
+    if np.all(gpre[1:] >= gpre[:-1]):
+        # Guns already in node order (as the controller and scheduler build them): a stable
+        # radix sort by class keeps it, in O(n).
+        order = np.argsort(cls.astype(np.int16) if ncls < 32767 else cls, kind="stable")
+    else:
+        order = np.argsort(cls.astype(np.int64) * (tree.n + 1) + gpre, kind="stable")  # ties: lowest input index first
+    key = cls[order]
+    bounds = np.searchsorted(key, np.arange(ncls + 1))
+    order.flags.writeable = False
+    blocks = [None] * ncls  # filled as the classes are allocated
+    _PART_CACHE[:] = [(tree, gun_node.copy(), cls.copy(), ncls, order, bounds, blocks)]
+    return order, bounds, blocks
+
+
 def allocate(problem: AllocationProblem, *, validate: bool = True) -> Allocation:
     """Allocate a batch (see the module docstring for the rules). Pure; O(n log n).
 
@@ -589,16 +621,8 @@ def allocate(problem: AllocationProblem, *, validate: bool = True) -> Allocation
     # candidates by weight, minimum and cap itself, then by this block order, which is node
     # pre-order; what is left are guns equal in every field that matters, interchangeable).
     ncls = len(classes)
-    gpre = tree.pre[gun_node]
     cls = np.where(active, cls, ncls)  # inactive guns last, skipped
-    if np.all(gpre[1:] >= gpre[:-1]):
-        # Guns already in node order (as the controller and scheduler build them): a stable
-        # radix sort by class keeps it, in O(n).
-        order = np.argsort(cls.astype(np.int16) if ncls < 32767 else cls, kind="stable")
-    else:
-        order = np.argsort(cls.astype(np.int64) * (n_n + 1) + gpre, kind="stable")  # ties: lowest input index first
-    key = cls[order]
-    bounds = np.searchsorted(key, np.arange(ncls + 1))
+    order, bounds, blocks = _partition(tree, gun_node, cls, ncls)
     # Each class returns its guns' setpoints and bounds in block order; one scatter at the
     # end puts them in place (cheaper than a masked store per class).
     xs, bs = [], []
@@ -606,7 +630,9 @@ def allocate(problem: AllocationProblem, *, validate: bool = True) -> Allocation
         g = order[bounds[c] : bounds[c + 1]]
         if g.size:
             last = c == ncls - 1  # nobody after it needs the room that is left
-            x, b = _allocate_class(tree, room, g, gun_node, cap, mn, w, step, last)
+            if blocks[c] is None:
+                blocks[c] = _Block(tree, tree.pre[gun_node[g]])
+            x, b = _allocate_class(blocks[c], room, g, cap, mn, w, step, last)
             xs.append(x)
             bs.append(b)
     n_act = int(bounds[ncls])
@@ -620,13 +646,12 @@ def allocate(problem: AllocationProblem, *, validate: bool = True) -> Allocation
     return Allocation(setpoint, bound_by)
 
 
-def _allocate_class(tree, room, g, gun_node, cap, mn, w, step, last=False):
+def _allocate_class(blk, room, g, cap, mn, w, step, last=False):
     """One priority class: admission of minimums, water-fill, module steps; then take what
     the class used off ``room`` (in place) for the classes after it.
 
-    ``g``: the class's guns in block order. Works in the block's compact node space.
+    ``g``: the class's guns in block order, ``blk`` their :class:`_Block`. Works in the block's compact node space.
     Returns (setpoint, bound) of those guns in block order (shed guns: 0 kW, BOUND_SHED)."""
-    blk = _Block(tree, tree.pre[gun_node[g]])
     m, c, ww = mn[g], cap[g], w[g]
     room_c = np.append(room[blk.cnodes], np.inf)  # + dummy
 
