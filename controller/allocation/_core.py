@@ -472,6 +472,8 @@ def _greedy(site, ch, unit, max_units, slack):
         g0 = np.maximum.accumulate(np.where(np.r_[True, cs[1:] != cs[:-1]], pos, 0))
         levels.append((j, pj, g0))
     und = np.ones(k, bool)
+    ix = None  # original positions of the items still worked on (None: all of them)
+    tw = taken  # what each worked-on item takes
     while True:
         vals = np.where(und, full, 0.0)
         avail = np.full(k, np.inf)
@@ -486,12 +488,12 @@ def _greedy(site, ch, unit, max_units, slack):
         np.minimum.at(ff, sid[fail], fail)  # first misfit of each site
         f = fail[ff[sid[fail]] == fail]
         dec = und & (pos < ff[sid])
-        taken[dec] = max_units[dec]
-        taken[f] = np.clip(np.floor((avail[f] + _FIT_TOL_KW) / unit[f]), 0.0, max_units[f])
+        tw[dec] = max_units[dec]
+        tw[f] = np.clip(np.floor((avail[f] + _FIT_TOL_KW) / unit[f]), 0.0, max_units[f])
         dec[f] = True
         und &= ~dec
         di = np.flatnonzero(dec)
-        amt = taken[di] * unit[di]
+        amt = tw[di] * unit[di]
         for j in range(ch.shape[1]):
             np.subtract.at(slack, ch[di, j], amt)
         slack[-1] = np.inf
@@ -501,8 +503,31 @@ def _greedy(site, ch, unit, max_units, slack):
         cols = [j for j, _, _ in levels]  # only these depths can run out
         hopeless = unit[ui] > slack[ch[ui[:, None], cols]].min(axis=1) + _FIT_TOL_KW if cols else np.zeros(ui.size, bool)
         und[ui[hopeless]] = False  # takes 0
-        if not und.any():
+        n_und = ui.size - int(np.count_nonzero(hopeless))
+        if n_und == 0:
             break
+        if 4 * n_und < k:
+            # Most items are decided (typically after the first round): go on with the
+            # undecided ones only, in the same order. Decided items only ever added zeros
+            # to the prefix sums, so dropping them changes no sum and no decision.
+            if ix is not None:
+                taken[ix] = tw
+            keep = und
+            ix = np.flatnonzero(keep) if ix is None else ix[keep]
+            newpos = np.cumsum(keep) - 1
+            sid, ch, unit, max_units, full = sid[keep], ch[keep], unit[keep], max_units[keep], full[keep]
+            k = n_und
+            pos = np.arange(k)
+            lv = []
+            for j, pj, _ in levels:
+                pj = newpos[pj[keep[pj]]]
+                cs = ch[pj, j]
+                lv.append((j, pj, np.maximum.accumulate(np.where(np.r_[True, cs[1:] != cs[:-1]], pos, 0))))
+            levels = lv
+            und = np.ones(k, bool)
+            tw = np.zeros(k)
+    if ix is not None:
+        taken[ix] = tw
     return taken
 
 
