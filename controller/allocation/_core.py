@@ -107,6 +107,10 @@ def _values_ok(a: dict[str, np.ndarray]) -> bool:
     return True
 
 
+def gn_ok(gn: np.ndarray, n_n: int) -> bool:
+    return bool(gn.min() >= 0 and gn.max() < n_n)
+
+
 def _validate(a: dict[str, np.ndarray]) -> None:
     """Raise ``ValueError("field[index]: reason")`` at the first bad value; allocate nothing."""
     n_g = a["gun_node"].shape[0]
@@ -141,7 +145,9 @@ def _validate(a: dict[str, np.ndarray]) -> None:
         x = float(v[i])
         why = "NaN" if x != x else "infinite" if math.isinf(x) else f"{x!r} must be {'> 0' if name == 'weight' else '>= 0'}"
         raise ValueError(f"{name}[{i}]: {why}")
-    if n_g:
+    if n_g and fast and gn_ok(a["gun_node"], n_n) and (a["min_kw"] <= a["upper_kw"]).all():
+        pass  # the usual case, in three reductions
+    elif n_g:
         gn = a["gun_node"]
         bad = (gn < 0) | (gn >= n_n)
         if bad.any():
@@ -247,10 +253,15 @@ class _Tree:
 _TREE_CACHE: list = []  # [(node_parent copy, _Tree, validated)]: the last forest seen
 
 
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    """``np.array_equal`` for two 1-D int arrays of one shape, without its fixed cost."""
+    return bool((a == b).all())
+
+
 def _tree_cached(node_parent: np.ndarray, validated: bool = False) -> _Tree | None:
     cached = _TREE_CACHE[0] if _TREE_CACHE else None
     if (cached is not None and (cached[2] or not validated) and cached[0].shape == node_parent.shape
-            and np.array_equal(cached[0], node_parent)):
+            and _same(cached[0], node_parent)):
         return cached[1]
     return None
 
@@ -382,6 +393,16 @@ def _water_fill(blk: _Block, room: np.ndarray, d: np.ndarray, w: np.ndarray, bou
         bind = tot > r  # not binding: nothing to do at this node
         if not bind.any():
             continue
+        if blk.tiles[depth] and bind.all():
+            # Every node of this depth binds and their slices cover the block end to end
+            # (one site under one limit): the gathers below would be the identity.
+            lens = blk.hi[depth] - blk.lo[depth]
+            lam = _levels(d, w, np.maximum(r, 0.0), lens, blk.lo[depth])
+            lvl = w * np.repeat(lam, lens)
+            hit = d >= lvl
+            bound[hit] = np.repeat(nodes, lens)[hit]
+            np.minimum(d, lvl, out=d)
+            continue
         nodes, r = nodes[bind], np.maximum(r[bind], 0.0)
         lo, hi = blk.lo[depth][bind], blk.hi[depth][bind]
         lens = hi - lo
@@ -414,8 +435,10 @@ def _levels(dd, ww, r, lens, starts):
             sd, da, wa = sat[gi], dd[gi], ww[gi]
         dsat = np.add.reduceat(np.where(sd, da, 0.0), a_starts)
         wun = np.add.reduceat(np.where(sd, 0.0, wa), a_starts)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            la = np.where(wun > 0, (a_r - dsat) / wun, np.inf)
+        pos_w = wun > 0
+        la = (a_r - dsat) / np.where(pos_w, wun, 1.0)  # (no errstate: its context costs more)
+        if not pos_w.all():
+            la[~pos_w] = np.inf
         np.maximum(la, 0.0, out=la)
         new = da <= wa * np.repeat(la, a_lens)
         new |= sd
@@ -566,8 +589,8 @@ def _partition(tree: _Tree, gun_node: np.ndarray, cls: np.ndarray, ncls: int):
     costs two compare passes). A pure cache: same input, same result."""
     if _PART_CACHE:
         t, gn, cl, nc, order, bounds, blocks = _PART_CACHE[0]
-        if (t is tree and nc == ncls and gn.shape == gun_node.shape and np.array_equal(gn, gun_node)
-                and np.array_equal(cl, cls)):
+        if (t is tree and nc == ncls and gn.shape == gun_node.shape and _same(gn, gun_node)
+                and _same(cl, cls)):
             return order, bounds, blocks
     gpre = tree.pre[gun_node]
     if np.all(gpre[1:] >= gpre[:-1]):
