@@ -95,11 +95,11 @@ def _values_ok(a: dict[str, np.ndarray]) -> bool:
         return False
     if any(v.size and v.dtype.kind not in "iu" for v in ints):
         return False
-    v = np.concatenate(fl) if len(fl) > 1 else fl[0]
+    wt = a["weight"]
+    v = np.concatenate(fl + [wt])  # all of them >= 0 and finite
     if v.size and not (v.min() >= 0 and v.max() < np.inf):  # NaN fails both comparisons
         return False
-    wt = a["weight"]
-    if wt.size and not (wt.min() > 0 and wt.max() < np.inf):
+    if wt.size and not wt.min() > 0:
         return False
     lim = a["node_limit_kw"]
     if lim.size and not lim.min() >= 0:  # inf allowed; NaN propagates into the min
@@ -111,8 +111,9 @@ def gn_ok(gn: np.ndarray, n_n: int) -> bool:
     return bool(gn.min() >= 0 and gn.max() < n_n)
 
 
-def _validate(a: dict[str, np.ndarray]) -> None:
-    """Raise ``ValueError("field[index]: reason")`` at the first bad value; allocate nothing."""
+def _validate(a: dict[str, np.ndarray]) -> _Tree | None:
+    """Raise ``ValueError("field[index]: reason")`` at the first bad value; allocate nothing.
+    Returns the cached analysis of this forest when it was validated before (else None)."""
     n_g = a["gun_node"].shape[0]
     n_n = a["node_parent"].shape[0]
     for name in _GUN_INT_FIELDS + _GUN_FLOAT_FIELDS:
@@ -157,7 +158,8 @@ def _validate(a: dict[str, np.ndarray]) -> None:
         if bad.any():
             i = _first(bad)
             raise ValueError(f"min_kw[{i}]: {float(a['min_kw'][i])!r} is above upper_kw[{i}] = {float(a['upper_kw'][i])!r}")
-    if n_n and not _tree_cached(a["node_parent"], validated=True):
+    hit = _tree_cached(a["node_parent"], validated=True) if n_n else None
+    if n_n and hit is None:
         par = a["node_parent"]
         bad = (par < -1) | (par >= n_n) | (par == np.arange(n_n))
         if bad.any():
@@ -173,6 +175,7 @@ def _validate(a: dict[str, np.ndarray]) -> None:
         if bad.any():
             i = _first(bad)
             raise ValueError(f"node_parent[{i}]: {int(par[i])} makes a cycle (node {i} never reaches a root)")
+    return hit
 
 
 # ----------------------------------------------------------------------------- the tree
@@ -393,7 +396,7 @@ def _water_fill(blk: _Block, room: np.ndarray, d: np.ndarray, w: np.ndarray, bou
         bind = tot > r  # not binding: nothing to do at this node
         if not bind.any():
             continue
-        if blk.tiles[depth] and bind.all():
+        if _FAST_PATHS and blk.tiles[depth] and bind.all():
             # Every node of this depth binds and their slices cover the block end to end
             # (one site under one limit): the gathers below would be the identity.
             lens = blk.hi[depth] - blk.lo[depth]
@@ -529,7 +532,7 @@ def _greedy(site, ch, unit, max_units, slack):
         n_und = ui.size - int(np.count_nonzero(hopeless))
         if n_und == 0:
             break
-        if 4 * n_und < k:
+        if 4 * n_und < k and _FAST_PATHS:
             # Most items are decided (typically after the first round): go on with the
             # undecided ones only, in the same order. Decided items only ever added zeros
             # to the prefix sums, so dropping them changes no sum and no decision.
@@ -576,6 +579,10 @@ def _greedy_order(m: np.ndarray, w: np.ndarray, c: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- allocate
 
 
+_FAST_PATHS = True
+"""False sends every call through the general path, without the caches of partitions: the
+property tests compare both ways bit for bit."""
+
 _PART_CACHE: list = []  # [(tree, gun_node copy, class per gun copy, ncls, order, bounds, blocks)]
 
 
@@ -587,7 +594,7 @@ def _partition(tree: _Tree, gun_node: np.ndarray, cls: np.ndarray, ncls: int):
     the inactive ones as class ``ncls``) are what they were, the sort and the blocks are
     too (a control loop whose set of running guns and classes did not change; checking
     costs two compare passes). A pure cache: same input, same result."""
-    if _PART_CACHE:
+    if _FAST_PATHS and _PART_CACHE:
         t, gn, cl, nc, order, bounds, blocks = _PART_CACHE[0]
         if (t is tree and nc == ncls and gn.shape == gun_node.shape and _same(gn, gun_node)
                 and _same(cl, cls)):
@@ -614,8 +621,7 @@ def allocate(problem: AllocationProblem, *, validate: bool = True) -> Allocation
     result for invalid input is then undefined.
     """
     a = _arrays(problem)
-    if validate:
-        _validate(a)
+    tree = _validate(a) if validate else None
     n_g = a["gun_node"].shape[0]
     n_n = a["node_parent"].shape[0]
     setpoint = np.zeros(n_g)
@@ -629,7 +635,8 @@ def allocate(problem: AllocationProblem, *, validate: bool = True) -> Allocation
     mn = a["min_kw"].astype(np.float64, copy=False)
     w = a["weight"].astype(np.float64, copy=False)
     prio = a["priority"]
-    tree = _tree_of(a["node_parent"], validate)
+    if tree is None:
+        tree = _tree_of(a["node_parent"], validate)
 
     cap = np.minimum(ask, upper)
     cap_code = np.where(upper < ask, BOUND_UPPER, BOUND_ASK)
@@ -643,6 +650,9 @@ def allocate(problem: AllocationProblem, *, validate: bool = True) -> Allocation
             # Tolerance: 359.99999999 kW asked on a 30 kW step is 12 steps, not 11.
             cap = np.where(has, np.floor(cap / sd + 1e-9) * sd, cap)
             mn = np.where(has, np.ceil(mn / sd - 1e-9) * sd, mn)
+    if (_FAST_PATHS and step is None and not mn.any() and prio.min() == prio.max()
+            and (gun_node[1:] >= gun_node[:-1]).all() and (tree.parent[gun_node] < 0).all()):
+        return _allocate_flat(gun_node, cap, cap_code, w, a["node_limit_kw"], setpoint, bound_by)
     # A gun that cannot run within its own cap: 0 kW. Shed if it asked for something.
     # (copyto with a mask: a boolean fancy-index store is several times slower.)
     cannot = cap < mn - _FIT_TOL_KW
@@ -690,6 +700,73 @@ def allocate(problem: AllocationProblem, *, validate: bool = True) -> Allocation
         bound_by[g] = np.concatenate(bs) if len(bs) > 1 else bs[0]
     full = active & (setpoint >= cap - _FIT_TOL_KW) & (bound_by != BOUND_SHED)
     np.copyto(bound_by, cap_code, where=full)
+    np.copyto(setpoint, cap, where=full)
+    return Allocation(setpoint, bound_by)
+
+
+def _allocate_flat(gun_node, cap, cap_code, w, limit, setpoint, bound_by) -> Allocation:
+    """The general path for its simplest case, with a fraction of its numpy calls (for small
+    problems the calls are the cost): one class, no minimums, no module steps, every gun
+    directly under a root (one aggregate limit per site, as in ACN-Sim), guns sorted by node.
+
+    Same arithmetic as the general path on the same arrays in the same order (the guns with
+    ``cap > 0``, by node), so the same bits: a property test holds the two paths equal."""
+    off = cap <= 0
+    act = None
+    if off.any():  # the general path leaves them out of every sum: so must this one
+        act = np.flatnonzero(~off)
+        gun_node, cap_a, w = gun_node[act], cap[act], w[act]
+    else:
+        cap_a = cap
+    n_g = gun_node.size
+    d = cap_a
+    if n_g:
+        if gun_node[0] == gun_node[-1]:  # one node (sorted): one segment
+            starts = np.zeros(1, np.int64)
+            lens = np.full(1, n_g)
+        else:  # (np.r_ and np.diff cost more than these for small arrays)
+            chg = np.empty(n_g, bool)
+            chg[0] = True
+            np.not_equal(gun_node[1:], gun_node[:-1], out=chg[1:])
+            starts = np.flatnonzero(chg)
+            lens = np.empty_like(starts)
+            lens[:-1] = starts[1:] - starts[:-1]
+            lens[-1] = n_g - starts[-1]
+        lens_all = lens
+        nodes = gun_node[starts]
+        r = limit[nodes].astype(np.float64, copy=False)
+        bind = np.add.reduceat(cap_a, starts) > r
+        if bind.any():
+            bnd = np.full(n_g, BOUND_ASK, np.int64)
+            if not bind.all():
+                starts, nodes, lens, r = starts[bind], nodes[bind], lens[bind], r[bind]
+                idx = np.flatnonzero(np.repeat(bind, lens_all))
+                s2 = np.zeros(lens.size, np.int64)
+                np.cumsum(lens[:-1], out=s2[1:])
+                dd, ww = cap_a[idx], w[idx]
+            else:
+                idx, s2, dd, ww = None, starts, cap_a, w
+            lam = _levels(dd, ww, np.maximum(r, 0.0), lens, s2)
+            lvl = ww * np.repeat(lam, lens)
+            hit = dd >= lvl
+            dd = np.minimum(dd, lvl)
+            if idx is None:
+                d = dd
+                bnd = np.where(hit, np.repeat(nodes, lens), BOUND_ASK)
+            else:
+                d = cap_a.copy()
+                d[idx] = dd
+                bnd[idx[hit]] = np.repeat(nodes, lens)[hit]
+            if act is None:
+                bound_by = bnd
+            else:
+                bound_by[act] = bnd
+    if act is None:
+        setpoint = d.copy() if d is cap else d
+    else:
+        setpoint[act] = d
+    full = ~off & (setpoint >= cap - _FIT_TOL_KW)
+    np.copyto(bound_by, cap_code, where=off | full)
     np.copyto(setpoint, cap, where=full)
     return Allocation(setpoint, bound_by)
 
