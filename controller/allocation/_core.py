@@ -315,6 +315,7 @@ class _Block:
         self.off = np.zeros(len(self.nodes) + 1, np.int64)
         np.cumsum([nd.size for nd in self.nodes], out=self.off[1:])
         self.cnodes = np.concatenate(self.nodes)
+        self._seg_idx = [None] * len(self.nodes)
         self.nc = self.cnodes.size  # index of the dummy
 
     def chain(self) -> np.ndarray:
@@ -354,10 +355,14 @@ class _Block:
             return np.zeros(0)
         if self.tiles[d]:  # slices cover the block end to end: one index per slice
             return np.add.reduceat(v, lo)
-        idx = np.empty(2 * lo.size, np.int64)
-        idx[0::2], idx[1::2] = lo, hi
-        if hi[-1] == v.size:  # reduceat wants indices < len; the last slice runs to the end anyway
-            idx = idx[:-1]
+        idx = self._seg_idx[d]
+        if idx is None:  # built once per block (blocks are kept across calls)
+            idx = np.empty(2 * lo.size, np.int64)
+            idx[0::2], idx[1::2] = lo, hi
+            if hi[-1] == v.size:  # reduceat wants indices < len; the last slice runs to the end anyway
+                idx = idx[:-1]
+            idx.flags.writeable = False
+            self._seg_idx[d] = idx
         return np.add.reduceat(v, idx)[0::2]
 
     def subtree_sums(self, v: np.ndarray) -> np.ndarray:
@@ -372,7 +377,8 @@ class _Block:
 # ----------------------------------------------------------------------------- water-fill
 
 
-def _water_fill(blk: _Block, room: np.ndarray, d: np.ndarray, w: np.ndarray, bound: np.ndarray) -> np.ndarray:
+def _water_fill(blk: _Block, room: np.ndarray, d: np.ndarray, w: np.ndarray, bound: np.ndarray,
+                own: bool = False) -> np.ndarray:
     """Weighted max-min fill, exact, bottom-up over depths.
 
     ``d``: what each gun may still take (kW, block order), ``w``: weights, ``room``: kW each
@@ -386,7 +392,8 @@ def _water_fill(blk: _Block, room: np.ndarray, d: np.ndarray, w: np.ndarray, bou
     practice 2-4). The guns' d are then clipped to w L, so a node higher up sees its children
     already limited; a child's limit keeps holding because its sum is monotone in L.
     """
-    d = d.copy()
+    if not own:  # (own: the caller hands ``d`` over, it may be written into)
+        d = d.copy()
     for depth in range(len(blk.nodes) - 1, -1, -1):
         nodes = blk.nodes[depth]
         if nodes.size == 0:
@@ -851,7 +858,7 @@ def _allocate_class(blk, room, g, cap, mn, w, step, last=False):
             fixed2 = np.where(stepped, x, fixed)
             inc2 = np.where(stepped, 0.0, inc)
             bnd[~stepped] = BOUND_ASK
-            x = fixed2 + _water_fill(blk, room_c - blk.subtree_sums(fixed2), inc2, ww, bnd)
+            x = fixed2 + _water_fill(blk, room_c - blk.subtree_sums(fixed2), inc2, ww, bnd, own=True)
         # Stepped guns below their cap: bound by the deepest ancestor left with less than one
         # step of headroom (it is what stops one more step).
         used_c = blk.subtree_sums(x)
