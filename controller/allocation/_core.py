@@ -403,11 +403,19 @@ def _water_fill(blk: _Block, room: np.ndarray, d: np.ndarray, w: np.ndarray, bou
         bind = tot > r  # not binding: nothing to do at this node
         if not bind.any():
             continue
-        if _FAST_PATHS and blk.tiles[depth] and bind.all():
-            # Every node of this depth binds and their slices cover the block end to end
-            # (one site under one limit): the gathers below would be the identity.
+        if _FAST_PATHS and blk.tiles[depth] and 2 * int(np.count_nonzero(bind)) > bind.size:
+            # Most nodes of this depth bind and their slices cover the block end to end: work
+            # on the whole block instead of gathering the binding slices. A node that does
+            # not bind gets room inf and its guns start saturated, so its level is inf (its
+            # guns keep what they have, none is marked); the binding ones see exactly the
+            # arrays the gathers would give them.
             lens = blk.hi[depth] - blk.lo[depth]
-            lam = _levels(d, w, np.maximum(r, 0.0), lens, blk.lo[depth])
+            if bind.all():
+                lam = _levels(d, w, np.maximum(r, 0.0), lens, blk.lo[depth])
+            else:
+                sat0 = np.repeat(~bind, lens)
+                sat0 |= d <= 0.0
+                lam = _levels(d, w, np.where(bind, np.maximum(r, 0.0), np.inf), lens, blk.lo[depth], sat0)
             lvl = w * np.repeat(lam, lens)
             hit = d >= lvl
             bound[hit] = np.repeat(nodes, lens)[hit]
@@ -429,11 +437,14 @@ def _water_fill(blk: _Block, room: np.ndarray, d: np.ndarray, w: np.ndarray, bou
     return d
 
 
-def _levels(dd, ww, r, lens, starts):
+def _levels(dd, ww, r, lens, starts, sat=None):
     """Water level per segment: L with sum(min(dd, ww L)) = r over each segment of guns
     (segments non-empty and binding: sum(dd) > r >= 0). Newton from below on the concave
-    sum; only the segments whose saturated set still changes are iterated again."""
-    sat = dd <= 0.0
+    sum; only the segments whose saturated set still changes are iterated again.
+    ``sat``: guns saturated from the start (default ``dd <= 0``; a segment whose guns all
+    start saturated and whose room is inf gets level inf in one round)."""
+    if sat is None:
+        sat = dd <= 0.0
     lam = np.zeros(lens.size)
     act = None  # None: every segment, on the full arrays (the first round, no gathers)
     gi = None  # positions of the active segments' guns, from the second round on
