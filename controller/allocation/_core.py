@@ -319,20 +319,22 @@ class _Block:
         self.nc = self.cnodes.size  # index of the dummy
 
     def chain(self) -> np.ndarray:
-        """Compact ids of every gun's ancestors, column d = the ancestor at depth d (so a node
-        only ever sits in one column), the dummy where a gun's node is above depth d. Built
-        from the slices with one ``repeat`` per depth; cached."""
+        """Compact ids of every gun's ancestors, shape (depths, guns): row d = the ancestor at
+        depth d (so a node only ever sits in one row), the dummy where a gun's node is above
+        depth d. Built from the slices with one ``repeat`` per depth; cached. (One row per
+        depth, not one column: gathers and reductions then run over contiguous rows, several
+        times faster than over a short axis 1.)"""
         if self._chain is None:
             dummy = self.nc
-            ch = np.empty((self.n, len(self.nodes)), np.int64)
+            ch = np.empty((len(self.nodes), self.n), np.int64)
             for d in range(len(self.nodes)):
                 lo, hi = self.lo[d], self.hi[d]
                 ids = np.arange(self.off[d], self.off[d + 1])
                 if self.tiles[d]:
-                    ch[:, d] = np.repeat(ids, hi - lo)
+                    ch[d] = np.repeat(ids, hi - lo)
                     continue
                 if ids.size == 0:
-                    ch[:, d] = dummy
+                    ch[d] = dummy
                     continue
                 # Slices with the gaps between them (guns whose node is above depth d).
                 vals = np.empty(2 * ids.size + 1, np.int64)
@@ -342,7 +344,7 @@ class _Block:
                 lens[1::2] = hi - lo
                 lens[2:-1:2] = lo[1:] - hi[:-1]
                 lens[-1] = self.n - hi[-1]
-                ch[:, d] = np.repeat(vals, lens)
+                ch[d] = np.repeat(vals, lens)
             ch.flags.writeable = False  # blocks are cached across calls: nobody may write into it
             self._chain = ch
         return self._chain
@@ -483,12 +485,21 @@ def _levels(dd, ww, r, lens, starts, sat=None):
 # ----------------------------------------------------------------------------- greedy packing
 
 
+def _chain_min(v: np.ndarray, ch: np.ndarray) -> np.ndarray:
+    """Per item: the least of ``v`` over its ancestors (``ch``: rows of ancestor ids)."""
+    out = v[ch[0]]
+    for j in range(1, ch.shape[0]):
+        np.minimum(out, v[ch[j]], out=out)
+    return out
+
+
 def _greedy(site, ch, unit, max_units, slack):
     """Greedy packing; items come in greedy order (sites may interleave, each site's items
     are served in the order they appear). Item i takes
     ``t = min(max_units, floor((least slack over its ancestors + tol) / unit))`` units and its
     ancestors' slack shrinks by ``t * unit``. ``ch`` is the depth-aligned ancestor chain
-    (:meth:`_Tree.chain`); ``slack`` (per node + dummy) is updated in place.
+    of the items (:meth:`_Block.chain`, one row per depth); ``slack`` (per node + dummy) is
+    updated in place.
 
     Done in rounds that each settle a whole run per site instead of one item: with every
     undecided item tentatively taking all it wants, the items before the first one that
@@ -506,8 +517,8 @@ def _greedy(site, ch, unit, max_units, slack):
     ns = slack.size
     pos = np.arange(k)
     levels = []
-    for j in range(ch.shape[1]):
-        col = ch[:, j]
+    for j in range(ch.shape[0]):
+        col = ch[j]
         tot = np.bincount(col, weights=full, minlength=slack.size)[col]
         if not np.any(tot > slack[col] + _FIT_TOL_KW):  # (the dummy's slack is inf)
             continue  # no node at this depth can run out: it never decides anything
@@ -526,7 +537,7 @@ def _greedy(site, ch, unit, max_units, slack):
             excl = np.cumsum(v) - v
             pre = np.empty(k)
             pre[pj] = excl - excl[g0]
-            np.minimum(avail, slack[ch[:, j]] - pre, out=avail)
+            np.minimum(avail, slack[ch[j]] - pre, out=avail)
         fail = np.flatnonzero(und & (full > avail + _FIT_TOL_KW))
         ff = np.full(ns, k)
         np.minimum.at(ff, sid[fail], fail)  # first misfit of each site
@@ -538,14 +549,14 @@ def _greedy(site, ch, unit, max_units, slack):
         und &= ~dec
         di = np.flatnonzero(dec)
         amt = tw[di] * unit[di]
-        for j in range(ch.shape[1]):
-            np.subtract.at(slack, ch[di, j], amt)
+        for j in range(ch.shape[0]):
+            np.subtract.at(slack, ch[j][di], amt)
         slack[-1] = np.inf
         ui = np.flatnonzero(und)
         if ui.size == 0:
             break
         cols = [j for j, _, _ in levels]  # only these depths can run out
-        hopeless = unit[ui] > slack[ch[ui[:, None], cols]].min(axis=1) + _FIT_TOL_KW if cols else np.zeros(ui.size, bool)
+        hopeless = unit[ui] > _chain_min(slack, ch[cols][:, ui]) + _FIT_TOL_KW if cols else np.zeros(ui.size, bool)
         und[ui[hopeless]] = False  # takes 0
         n_und = ui.size - int(np.count_nonzero(hopeless))
         if n_und == 0:
@@ -559,13 +570,13 @@ def _greedy(site, ch, unit, max_units, slack):
             keep = und
             ix = np.flatnonzero(keep) if ix is None else ix[keep]
             newpos = np.cumsum(keep) - 1
-            sid, ch, unit, max_units, full = sid[keep], ch[keep], unit[keep], max_units[keep], full[keep]
+            sid, ch, unit, max_units, full = sid[keep], ch[:, keep], unit[keep], max_units[keep], full[keep]
             k = n_und
             pos = np.arange(k)
             lv = []
             for j, pj, _ in levels:
                 pj = newpos[pj[keep[pj]]]
-                cs = ch[pj, j]
+                cs = ch[j][pj]
                 lv.append((j, pj, np.maximum.accumulate(np.where(np.r_[True, cs[1:] != cs[:-1]], pos, 0))))
             levels = lv
             und = np.ones(k, bool)
@@ -809,7 +820,11 @@ def _allocate_class(blk, room, g, cap, mn, w, step, last=False):
             # guns with no such ancestor are admitted whatever the others do.
             ch = blk.chain()
             cand = np.flatnonzero(want > 0)
-            cand = cand[over[ch[cand]].any(axis=1)]
+            cch = ch[:, cand]
+            contested = over[cch[0]]
+            for j in range(1, cch.shape[0]):
+                contested |= over[cch[j]]
+            cand = cand[contested]
             sure = want.copy()
             sure[cand] = 0.0
             slack = room_c - blk.subtree_sums(sure)
@@ -817,12 +832,13 @@ def _allocate_class(blk, room, g, cap, mn, w, step, last=False):
             # Before ordering anything: a candidate whose minimum exceeds what some ancestor
             # has even now is shed whatever the order (room only shrinks as others get in).
             # (In an overloaded site that is most of a low class: the greedy never sees them.)
-            hopeless = m[cand] > slack[ch[cand]].min(axis=1) + _FIT_TOL_KW
+            hopeless = m[cand] > _chain_min(slack, ch[:, cand]) + _FIT_TOL_KW
             shed = cand[hopeless]
             cand = cand[~hopeless]
             if cand.size:
                 cand = cand[_greedy_order(m[cand], ww[cand], c[cand])]
-                t = _greedy(ch[cand, 0], ch[cand], m[cand], np.ones(cand.size), slack)
+                cch = ch[:, cand]
+                t = _greedy(cch[0], cch, m[cand], np.ones(cand.size), slack)
                 shed = np.concatenate([shed, cand[t < 1]])
             admitted[shed] = False
             fixed = np.where(admitted, m, 0.0)
@@ -852,16 +868,16 @@ def _allocate_class(blk, room, g, cap, mn, w, step, last=False):
         slack[-1] = np.inf
         cand = np.flatnonzero(stepped & (x < c - _FIT_TOL_KW))
         cand = cand[_greedy_order(m[cand], ww[cand], c[cand])]
-        cch = ch[cand]
+        cch = ch[:, cand]
         while cand.size:
-            fits = s[cand] <= slack[cch].min(axis=1) + _FIT_TOL_KW
-            cand, cch = cand[fits], cch[fits]
+            fits = s[cand] <= _chain_min(slack, cch) + _FIT_TOL_KW
+            cand, cch = cand[fits], cch[:, fits]
             if not cand.size:
                 break
-            t = _greedy(cch[:, 0], cch, s[cand], np.ones(cand.size), slack)
+            t = _greedy(cch[0], cch, s[cand], np.ones(cand.size), slack)
             x[cand] += t * s[cand]
             more = (t > 0) & (x[cand] < c[cand] - _FIT_TOL_KW)
-            cand, cch = cand[more], cch[more]
+            cand, cch = cand[more], cch[:, more]
         # Refill the unstepped guns around the now fixed stepped ones. (If every admitted gun
         # is stepped the refill gives nothing and the bounds it would mark are all redone
         # below or at the end, so it is skipped: a property test checks.)
@@ -876,11 +892,12 @@ def _allocate_class(blk, room, g, cap, mn, w, step, last=False):
         left = room_c - used_c
         below = np.flatnonzero(stepped & (x < c - _FIT_TOL_KW))
         if below.size:
-            bch = ch[below]
-            blocked = left[bch] < s[below][:, None] - _FIT_TOL_KW
-            first = blocked.shape[1] - 1 - np.argmax(blocked[:, ::-1], axis=1)  # deepest
-            cid = bch[np.arange(below.size), first]
-            bnd[below] = np.where(blocked.any(axis=1), np.append(blk.cnodes, -1)[cid], BOUND_ASK)
+            need = s[below] - _FIT_TOL_KW
+            cid = np.full(below.size, blk.nc)  # the dummy: no node blocks it
+            for j in range(ch.shape[0]):  # top down: the deepest blocked ancestor wins
+                bj = ch[j][below]
+                np.copyto(cid, bj, where=left[bj] < need)
+            bnd[below] = np.append(blk.cnodes, BOUND_ASK)[cid]
     elif not last:
         used_c = blk.subtree_sums(x)
     if not last:
