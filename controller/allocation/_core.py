@@ -668,7 +668,7 @@ def allocate(problem: AllocationProblem, *, validate: bool = True) -> Allocation
         tree = _tree_of(a["node_parent"], validate)
 
     cap = np.minimum(ask, upper)
-    cap_code = np.where(upper < ask, BOUND_UPPER, BOUND_ASK)
+    cap_code = np.where(upper < ask, np.int8(BOUND_UPPER), np.int8(BOUND_ASK))  # (int8: less to move)
     step = None
     if a["node_step_kw"] is not None:
         st = a["node_step_kw"].astype(np.float64, copy=False)[gun_node]
@@ -677,8 +677,18 @@ def allocate(problem: AllocationProblem, *, validate: bool = True) -> Allocation
             step = st
             sd = np.where(has, st, 1.0)
             # Tolerance: 359.99999999 kW asked on a 30 kW step is 12 steps, not 11.
-            cap = np.where(has, np.floor(cap / sd + 1e-9) * sd, cap)
-            mn = np.where(has, np.ceil(mn / sd - 1e-9) * sd, mn)
+            # (In place, the same operations in the same order: the same bits.)
+            q = np.divide(cap, sd)
+            q += 1e-9
+            np.floor(q, out=q)
+            q *= sd
+            np.copyto(cap, q, where=has)  # cap is ours (np.minimum made it)
+            np.divide(mn, sd, out=q)
+            q -= 1e-9
+            np.ceil(q, out=q)
+            q *= sd
+            np.copyto(q, mn, where=~has)  # mn may be the caller's array: no writing into it
+            mn = q
     if (_FAST_PATHS and step is None and not mn.any() and prio.min() == prio.max()
             and (gun_node[1:] >= gun_node[:-1]).all() and (tree.parent[gun_node] < 0).all()):
         return _allocate_flat(gun_node, cap, cap_code, w, a["node_limit_kw"], setpoint, bound_by)
