@@ -393,7 +393,7 @@ def test_fast_paths_equal_general_path_when_the_greedy_compacts(p):
 
 
 @pytest.mark.slow
-@SLOW
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])  # ~70 ms each
 @given(crowded_problems())
 def test_fast_paths_equal_general_path_when_the_greedy_compacts_slow(p):
     test_fast_paths_equal_general_path_when_the_greedy_compacts.hypothesis.inner_test(p)
