@@ -696,7 +696,7 @@ def allocate(problem: AllocationProblem, *, validate: bool = True) -> Allocation
     # (copyto with a mask: a boolean fancy-index store is several times slower.)
     cannot = cap < mn - _FIT_TOL_KW
     off = cap <= 0
-    np.copyto(bound_by, cap_code, where=off)
+    bound_by = np.where(off, cap_code, bound_by)  # (np.where beats a masked copyto with a cast)
     active = ~off
     np.copyto(bound_by, BOUND_SHED, where=cannot & active)
     active &= ~cannot
@@ -738,8 +738,8 @@ def allocate(problem: AllocationProblem, *, validate: bool = True) -> Allocation
         setpoint[g] = np.concatenate(xs) if len(xs) > 1 else xs[0]
         bound_by[g] = np.concatenate(bs) if len(bs) > 1 else bs[0]
     full = active & (setpoint >= cap - _FIT_TOL_KW) & (bound_by != BOUND_SHED)
-    np.copyto(bound_by, cap_code, where=full)
-    np.copyto(setpoint, cap, where=full)
+    bound_by = np.where(full, cap_code, bound_by)
+    setpoint = np.where(full, cap, setpoint)
     return Allocation(setpoint, bound_by)
 
 
