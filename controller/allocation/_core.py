@@ -84,8 +84,36 @@ def _first(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
-def _validate(a: dict[str, np.ndarray]) -> None:
-    """Raise ``ValueError("field[index]: reason")`` at the first bad value; allocate nothing."""
+def _values_ok(a: dict[str, np.ndarray]) -> bool:
+    """True when every value check of :func:`_validate` passes, decided with a handful of
+    reductions over concatenated fields (a numpy call costs microseconds whatever its size,
+    and a small problem would otherwise spend most of its time on a dozen of them). False
+    means: run the field-by-field checks, which find and name the first bad value."""
+    fl = [a[n] for n in ("upper_kw", "min_kw", "ask_kw", "node_step_kw") if a[n] is not None]
+    ints = [a[n] for n in _GUN_INT_FIELDS + ("node_parent",)]
+    if any(v.dtype.kind not in "fiu" for v in fl + [a["weight"], a["node_limit_kw"]]):
+        return False
+    if any(v.size and v.dtype.kind not in "iu" for v in ints):
+        return False
+    wt = a["weight"]
+    v = np.concatenate(fl + [wt])  # all of them >= 0 and finite
+    if v.size and not (v.min() >= 0 and v.max() < np.inf):  # NaN fails both comparisons
+        return False
+    if wt.size and not wt.min() > 0:
+        return False
+    lim = a["node_limit_kw"]
+    if lim.size and not lim.min() >= 0:  # inf allowed; NaN propagates into the min
+        return False
+    return True
+
+
+def gn_ok(gn: np.ndarray, n_n: int) -> bool:
+    return bool(gn.min() >= 0 and gn.max() < n_n)
+
+
+def _validate(a: dict[str, np.ndarray]) -> _Tree | None:
+    """Raise ``ValueError("field[index]: reason")`` at the first bad value; allocate nothing.
+    Returns the cached analysis of this forest when it was validated before (else None)."""
     n_g = a["gun_node"].shape[0]
     n_n = a["node_parent"].shape[0]
     for name in _GUN_INT_FIELDS + _GUN_FLOAT_FIELDS:
@@ -94,13 +122,16 @@ def _validate(a: dict[str, np.ndarray]) -> None:
     for name in ("node_limit_kw", "node_step_kw"):
         if a[name] is not None and a[name].shape[0] != n_n:
             raise ValueError(f"{name}: length {a[name].shape[0]}, expected {n_n} (as node_parent)")
+    fast = _values_ok(a)  # lengths are right: the value checks below can be one pass
     for name in _GUN_INT_FIELDS + ("node_parent",):
+        if fast:
+            break
         if n_g and name != "node_parent" or name == "node_parent" and n_n:
             if not np.issubdtype(a[name].dtype, np.integer):
                 raise ValueError(f"{name}: integer array expected, got dtype {a[name].dtype}")
     for name in _GUN_FLOAT_FIELDS + ("node_limit_kw", "node_step_kw"):
         v = a[name]
-        if v is None or v.size == 0:
+        if fast or v is None or v.size == 0:
             continue
         if not (np.issubdtype(v.dtype, np.floating) or np.issubdtype(v.dtype, np.integer)):
             raise ValueError(f"{name}: numeric array expected, got dtype {v.dtype}")
@@ -115,7 +146,9 @@ def _validate(a: dict[str, np.ndarray]) -> None:
         x = float(v[i])
         why = "NaN" if x != x else "infinite" if math.isinf(x) else f"{x!r} must be {'> 0' if name == 'weight' else '>= 0'}"
         raise ValueError(f"{name}[{i}]: {why}")
-    if n_g:
+    if n_g and fast and gn_ok(a["gun_node"], n_n) and (a["min_kw"] <= a["upper_kw"]).all():
+        pass  # the usual case, in three reductions
+    elif n_g:
         gn = a["gun_node"]
         bad = (gn < 0) | (gn >= n_n)
         if bad.any():
@@ -125,7 +158,8 @@ def _validate(a: dict[str, np.ndarray]) -> None:
         if bad.any():
             i = _first(bad)
             raise ValueError(f"min_kw[{i}]: {float(a['min_kw'][i])!r} is above upper_kw[{i}] = {float(a['upper_kw'][i])!r}")
-    if n_n and not _tree_cached(a["node_parent"], validated=True):
+    hit = _tree_cached(a["node_parent"], validated=True) if n_n else None
+    if n_n and hit is None:
         par = a["node_parent"]
         bad = (par < -1) | (par >= n_n) | (par == np.arange(n_n))
         if bad.any():
@@ -141,6 +175,7 @@ def _validate(a: dict[str, np.ndarray]) -> None:
         if bad.any():
             i = _first(bad)
             raise ValueError(f"node_parent[{i}]: {int(par[i])} makes a cycle (node {i} never reaches a root)")
+    return hit
 
 
 # ----------------------------------------------------------------------------- the tree
@@ -221,10 +256,15 @@ class _Tree:
 _TREE_CACHE: list = []  # [(node_parent copy, _Tree, validated)]: the last forest seen
 
 
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    """``np.array_equal`` for two 1-D int arrays of one shape, without its fixed cost."""
+    return bool((a == b).all())
+
+
 def _tree_cached(node_parent: np.ndarray, validated: bool = False) -> _Tree | None:
     cached = _TREE_CACHE[0] if _TREE_CACHE else None
     if (cached is not None and (cached[2] or not validated) and cached[0].shape == node_parent.shape
-            and np.array_equal(cached[0], node_parent)):
+            and _same(cached[0], node_parent)):
         return cached[1]
     return None
 
@@ -275,23 +315,26 @@ class _Block:
         self.off = np.zeros(len(self.nodes) + 1, np.int64)
         np.cumsum([nd.size for nd in self.nodes], out=self.off[1:])
         self.cnodes = np.concatenate(self.nodes)
+        self._seg_idx = [None] * len(self.nodes)
         self.nc = self.cnodes.size  # index of the dummy
 
     def chain(self) -> np.ndarray:
-        """Compact ids of every gun's ancestors, column d = the ancestor at depth d (so a node
-        only ever sits in one column), the dummy where a gun's node is above depth d. Built
-        from the slices with one ``repeat`` per depth; cached."""
+        """Compact ids of every gun's ancestors, shape (depths, guns): row d = the ancestor at
+        depth d (so a node only ever sits in one row), the dummy where a gun's node is above
+        depth d. Built from the slices with one ``repeat`` per depth; cached. (One row per
+        depth, not one column: gathers and reductions then run over contiguous rows, several
+        times faster than over a short axis 1.)"""
         if self._chain is None:
             dummy = self.nc
-            ch = np.empty((self.n, len(self.nodes)), np.int64)
+            ch = np.empty((len(self.nodes), self.n), np.int64)
             for d in range(len(self.nodes)):
                 lo, hi = self.lo[d], self.hi[d]
                 ids = np.arange(self.off[d], self.off[d + 1])
                 if self.tiles[d]:
-                    ch[:, d] = np.repeat(ids, hi - lo)
+                    ch[d] = np.repeat(ids, hi - lo)
                     continue
                 if ids.size == 0:
-                    ch[:, d] = dummy
+                    ch[d] = dummy
                     continue
                 # Slices with the gaps between them (guns whose node is above depth d).
                 vals = np.empty(2 * ids.size + 1, np.int64)
@@ -301,7 +344,8 @@ class _Block:
                 lens[1::2] = hi - lo
                 lens[2:-1:2] = lo[1:] - hi[:-1]
                 lens[-1] = self.n - hi[-1]
-                ch[:, d] = np.repeat(vals, lens)
+                ch[d] = np.repeat(vals, lens)
+            ch.flags.writeable = False  # blocks are cached across calls: nobody may write into it
             self._chain = ch
         return self._chain
 
@@ -313,10 +357,14 @@ class _Block:
             return np.zeros(0)
         if self.tiles[d]:  # slices cover the block end to end: one index per slice
             return np.add.reduceat(v, lo)
-        idx = np.empty(2 * lo.size, np.int64)
-        idx[0::2], idx[1::2] = lo, hi
-        if hi[-1] == v.size:  # reduceat wants indices < len; the last slice runs to the end anyway
-            idx = idx[:-1]
+        idx = self._seg_idx[d]
+        if idx is None:  # built once per block (blocks are kept across calls)
+            idx = np.empty(2 * lo.size, np.int64)
+            idx[0::2], idx[1::2] = lo, hi
+            if hi[-1] == v.size:  # reduceat wants indices < len; the last slice runs to the end anyway
+                idx = idx[:-1]
+            idx.flags.writeable = False
+            self._seg_idx[d] = idx
         return np.add.reduceat(v, idx)[0::2]
 
     def subtree_sums(self, v: np.ndarray) -> np.ndarray:
@@ -331,7 +379,8 @@ class _Block:
 # ----------------------------------------------------------------------------- water-fill
 
 
-def _water_fill(blk: _Block, room: np.ndarray, d: np.ndarray, w: np.ndarray, bound: np.ndarray) -> np.ndarray:
+def _water_fill(blk: _Block, room: np.ndarray, d: np.ndarray, w: np.ndarray, bound: np.ndarray,
+                own: bool = False) -> np.ndarray:
     """Weighted max-min fill, exact, bottom-up over depths.
 
     ``d``: what each gun may still take (kW, block order), ``w``: weights, ``room``: kW each
@@ -345,7 +394,8 @@ def _water_fill(blk: _Block, room: np.ndarray, d: np.ndarray, w: np.ndarray, bou
     practice 2-4). The guns' d are then clipped to w L, so a node higher up sees its children
     already limited; a child's limit keeps holding because its sum is monotone in L.
     """
-    d = d.copy()
+    if not own:  # (own: the caller hands ``d`` over, it may be written into)
+        d = d.copy()
     for depth in range(len(blk.nodes) - 1, -1, -1):
         nodes = blk.nodes[depth]
         if nodes.size == 0:
@@ -354,6 +404,24 @@ def _water_fill(blk: _Block, room: np.ndarray, d: np.ndarray, w: np.ndarray, bou
         tot = blk.seg_sum(d, depth)
         bind = tot > r  # not binding: nothing to do at this node
         if not bind.any():
+            continue
+        if _FAST_PATHS and blk.tiles[depth] and 2 * int(np.count_nonzero(bind)) > bind.size:
+            # Most nodes of this depth bind and their slices cover the block end to end: work
+            # on the whole block instead of gathering the binding slices. A node that does
+            # not bind gets room inf and its guns start saturated, so its level is inf (its
+            # guns keep what they have, none is marked); the binding ones see exactly the
+            # arrays the gathers would give them.
+            lens = blk.hi[depth] - blk.lo[depth]
+            if bind.all():
+                lam = _levels(d, w, np.maximum(r, 0.0), lens, blk.lo[depth])
+            else:
+                sat0 = np.repeat(~bind, lens)
+                sat0 |= d <= 0.0
+                lam = _levels(d, w, np.where(bind, np.maximum(r, 0.0), np.inf), lens, blk.lo[depth], sat0)
+            lvl = w * np.repeat(lam, lens)
+            hit = d >= lvl
+            bound[hit] = np.repeat(nodes, lens)[hit]
+            np.minimum(d, lvl, out=d)
             continue
         nodes, r = nodes[bind], np.maximum(r[bind], 0.0)
         lo, hi = blk.lo[depth][bind], blk.hi[depth][bind]
@@ -371,11 +439,14 @@ def _water_fill(blk: _Block, room: np.ndarray, d: np.ndarray, w: np.ndarray, bou
     return d
 
 
-def _levels(dd, ww, r, lens, starts):
+def _levels(dd, ww, r, lens, starts, sat=None):
     """Water level per segment: L with sum(min(dd, ww L)) = r over each segment of guns
     (segments non-empty and binding: sum(dd) > r >= 0). Newton from below on the concave
-    sum; only the segments whose saturated set still changes are iterated again."""
-    sat = dd <= 0.0
+    sum; only the segments whose saturated set still changes are iterated again.
+    ``sat``: guns saturated from the start (default ``dd <= 0``; a segment whose guns all
+    start saturated and whose room is inf gets level inf in one round)."""
+    if sat is None:
+        sat = dd <= 0.0
     lam = np.zeros(lens.size)
     act = None  # None: every segment, on the full arrays (the first round, no gathers)
     gi = None  # positions of the active segments' guns, from the second round on
@@ -387,8 +458,10 @@ def _levels(dd, ww, r, lens, starts):
             sd, da, wa = sat[gi], dd[gi], ww[gi]
         dsat = np.add.reduceat(np.where(sd, da, 0.0), a_starts)
         wun = np.add.reduceat(np.where(sd, 0.0, wa), a_starts)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            la = np.where(wun > 0, (a_r - dsat) / wun, np.inf)
+        pos_w = wun > 0
+        la = (a_r - dsat) / np.where(pos_w, wun, 1.0)  # (no errstate: its context costs more)
+        if not pos_w.all():
+            la[~pos_w] = np.inf
         np.maximum(la, 0.0, out=la)
         new = da <= wa * np.repeat(la, a_lens)
         new |= sd
@@ -412,12 +485,21 @@ def _levels(dd, ww, r, lens, starts):
 # ----------------------------------------------------------------------------- greedy packing
 
 
+def _chain_min(v: np.ndarray, ch: np.ndarray) -> np.ndarray:
+    """Per item: the least of ``v`` over its ancestors (``ch``: rows of ancestor ids)."""
+    out = v[ch[0]]
+    for j in range(1, ch.shape[0]):
+        np.minimum(out, v[ch[j]], out=out)
+    return out
+
+
 def _greedy(site, ch, unit, max_units, slack):
     """Greedy packing; items come in greedy order (sites may interleave, each site's items
     are served in the order they appear). Item i takes
     ``t = min(max_units, floor((least slack over its ancestors + tol) / unit))`` units and its
     ancestors' slack shrinks by ``t * unit``. ``ch`` is the depth-aligned ancestor chain
-    (:meth:`_Tree.chain`); ``slack`` (per node + dummy) is updated in place.
+    of the items (:meth:`_Block.chain`, one row per depth); ``slack`` (per node + dummy) is
+    updated in place.
 
     Done in rounds that each settle a whole run per site instead of one item: with every
     undecided item tentatively taking all it wants, the items before the first one that
@@ -435,8 +517,8 @@ def _greedy(site, ch, unit, max_units, slack):
     ns = slack.size
     pos = np.arange(k)
     levels = []
-    for j in range(ch.shape[1]):
-        col = ch[:, j]
+    for j in range(ch.shape[0]):
+        col = ch[j]
         tot = np.bincount(col, weights=full, minlength=slack.size)[col]
         if not np.any(tot > slack[col] + _FIT_TOL_KW):  # (the dummy's slack is inf)
             continue  # no node at this depth can run out: it never decides anything
@@ -445,6 +527,8 @@ def _greedy(site, ch, unit, max_units, slack):
         g0 = np.maximum.accumulate(np.where(np.r_[True, cs[1:] != cs[:-1]], pos, 0))
         levels.append((j, pj, g0))
     und = np.ones(k, bool)
+    ix = None  # original positions of the items still worked on (None: all of them)
+    tw = taken  # what each worked-on item takes
     while True:
         vals = np.where(und, full, 0.0)
         avail = np.full(k, np.inf)
@@ -453,29 +537,52 @@ def _greedy(site, ch, unit, max_units, slack):
             excl = np.cumsum(v) - v
             pre = np.empty(k)
             pre[pj] = excl - excl[g0]
-            np.minimum(avail, slack[ch[:, j]] - pre, out=avail)
+            np.minimum(avail, slack[ch[j]] - pre, out=avail)
         fail = np.flatnonzero(und & (full > avail + _FIT_TOL_KW))
         ff = np.full(ns, k)
         np.minimum.at(ff, sid[fail], fail)  # first misfit of each site
         f = fail[ff[sid[fail]] == fail]
         dec = und & (pos < ff[sid])
-        taken[dec] = max_units[dec]
-        taken[f] = np.clip(np.floor((avail[f] + _FIT_TOL_KW) / unit[f]), 0.0, max_units[f])
+        tw[dec] = max_units[dec]
+        tw[f] = np.clip(np.floor((avail[f] + _FIT_TOL_KW) / unit[f]), 0.0, max_units[f])
         dec[f] = True
         und &= ~dec
         di = np.flatnonzero(dec)
-        amt = taken[di] * unit[di]
-        for j in range(ch.shape[1]):
-            np.subtract.at(slack, ch[di, j], amt)
+        amt = tw[di] * unit[di]
+        for j in range(ch.shape[0]):
+            np.subtract.at(slack, ch[j][di], amt)
         slack[-1] = np.inf
         ui = np.flatnonzero(und)
         if ui.size == 0:
             break
         cols = [j for j, _, _ in levels]  # only these depths can run out
-        hopeless = unit[ui] > slack[ch[ui[:, None], cols]].min(axis=1) + _FIT_TOL_KW if cols else np.zeros(ui.size, bool)
+        hopeless = unit[ui] > _chain_min(slack, ch[cols][:, ui]) + _FIT_TOL_KW if cols else np.zeros(ui.size, bool)
         und[ui[hopeless]] = False  # takes 0
-        if not und.any():
+        n_und = ui.size - int(np.count_nonzero(hopeless))
+        if n_und == 0:
             break
+        if 4 * n_und < k and _FAST_PATHS:
+            # Most items are decided (typically after the first round): go on with the
+            # undecided ones only, in the same order. Decided items only ever added zeros
+            # to the prefix sums, so dropping them changes no sum and no decision.
+            if ix is not None:
+                taken[ix] = tw
+            keep = und
+            ix = np.flatnonzero(keep) if ix is None else ix[keep]
+            newpos = np.cumsum(keep) - 1
+            sid, ch, unit, max_units, full = sid[keep], ch[:, keep], unit[keep], max_units[keep], full[keep]
+            k = n_und
+            pos = np.arange(k)
+            lv = []
+            for j, pj, _ in levels:
+                pj = newpos[pj[keep[pj]]]
+                cs = ch[j][pj]
+                lv.append((j, pj, np.maximum.accumulate(np.where(np.r_[True, cs[1:] != cs[:-1]], pos, 0))))
+            levels = lv
+            und = np.ones(k, bool)
+            tw = np.zeros(k)
+    if ix is not None:
+        taken[ix] = tw
     return taken
 
 
@@ -501,6 +608,41 @@ def _greedy_order(m: np.ndarray, w: np.ndarray, c: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- allocate
 
 
+_FAST_PATHS = True
+"""False sends every call through the general path, without the caches of partitions: the
+property tests compare both ways bit for bit."""
+
+_PART_CACHE: list = []  # [(tree, gun_node copy, class per gun copy, ncls, order, bounds, blocks)]
+
+
+def _partition(tree: _Tree, gun_node: np.ndarray, cls: np.ndarray, ncls: int):
+    """Guns sorted by (class, pre-order of node) -- ``order``, with class c at
+    ``order[bounds[c]:bounds[c+1]]`` -- and a slot per class for its :class:`_Block`.
+
+    Kept for the last call: when the forest, ``gun_node`` and the class of every gun (with
+    the inactive ones as class ``ncls``) are what they were, the sort and the blocks are
+    too (a control loop whose set of running guns and classes did not change; checking
+    costs two compare passes). A pure cache: same input, same result."""
+    if _FAST_PATHS and _PART_CACHE:
+        t, gn, cl, nc, order, bounds, blocks = _PART_CACHE[0]
+        if (t is tree and nc == ncls and gn.shape == gun_node.shape and _same(gn, gun_node)
+                and _same(cl, cls)):
+            return order, bounds, blocks
+    gpre = tree.pre[gun_node]
+    if np.all(gpre[1:] >= gpre[:-1]):
+        # Guns already in node order (as the controller and scheduler build them): a stable
+        # radix sort by class keeps it, in O(n).
+        order = np.argsort(cls.astype(np.int16) if ncls < 32767 else cls, kind="stable")
+    else:
+        order = np.argsort(cls.astype(np.int64) * (tree.n + 1) + gpre, kind="stable")  # ties: lowest input index first
+    key = cls[order]
+    bounds = np.searchsorted(key, np.arange(ncls + 1))
+    order.flags.writeable = False
+    blocks = [None] * ncls  # filled as the classes are allocated
+    _PART_CACHE[:] = [(tree, gun_node.copy(), cls.copy(), ncls, order, bounds, blocks)]
+    return order, bounds, blocks
+
+
 def allocate(problem: AllocationProblem, *, validate: bool = True) -> Allocation:
     """Allocate a batch (see the module docstring for the rules). Pure; O(n log n).
 
@@ -508,8 +650,7 @@ def allocate(problem: AllocationProblem, *, validate: bool = True) -> Allocation
     result for invalid input is then undefined.
     """
     a = _arrays(problem)
-    if validate:
-        _validate(a)
+    tree = _validate(a) if validate else None
     n_g = a["gun_node"].shape[0]
     n_n = a["node_parent"].shape[0]
     setpoint = np.zeros(n_g)
@@ -523,32 +664,51 @@ def allocate(problem: AllocationProblem, *, validate: bool = True) -> Allocation
     mn = a["min_kw"].astype(np.float64, copy=False)
     w = a["weight"].astype(np.float64, copy=False)
     prio = a["priority"]
-    tree = _tree_of(a["node_parent"], validate)
+    if tree is None:
+        tree = _tree_of(a["node_parent"], validate)
 
     cap = np.minimum(ask, upper)
-    cap_code = np.where(upper < ask, BOUND_UPPER, BOUND_ASK)
+    cap_code = np.where(upper < ask, np.int8(BOUND_UPPER), np.int8(BOUND_ASK))  # (int8: less to move)
     step = None
     if a["node_step_kw"] is not None:
         st = a["node_step_kw"].astype(np.float64, copy=False)[gun_node]
-        if (st > 0).any():
+        has = st > 0
+        if has.any():
             step = st
-            has = st > 0
             sd = np.where(has, st, 1.0)
             # Tolerance: 359.99999999 kW asked on a 30 kW step is 12 steps, not 11.
-            cap = np.where(has, np.floor(cap / sd + 1e-9) * sd, cap)
-            mn = np.where(has, np.ceil(mn / sd - 1e-9) * sd, mn)
+            # (In place, the same operations in the same order: the same bits.)
+            q = np.divide(cap, sd)
+            q += 1e-9
+            np.floor(q, out=q)
+            q *= sd
+            np.copyto(cap, q, where=has)  # cap is ours (np.minimum made it)
+            np.divide(mn, sd, out=q)
+            q -= 1e-9
+            np.ceil(q, out=q)
+            q *= sd
+            np.copyto(q, mn, where=~has)  # mn may be the caller's array: no writing into it
+            mn = q
+    if (_FAST_PATHS and step is None and not mn.any() and prio.min() == prio.max()
+            and (gun_node[1:] >= gun_node[:-1]).all() and (tree.parent[gun_node] < 0).all()):
+        return _allocate_flat(gun_node, cap, cap_code, w, a["node_limit_kw"], setpoint, bound_by)
     # A gun that cannot run within its own cap: 0 kW. Shed if it asked for something.
+    # (copyto with a mask: a boolean fancy-index store is several times slower.)
     cannot = cap < mn - _FIT_TOL_KW
-    bound_by[cap <= 0] = cap_code[cap <= 0]
-    bound_by[cannot & (cap > 0)] = BOUND_SHED
-    active = ~cannot & (cap > 0)
+    off = cap <= 0
+    bound_by = np.where(off, cap_code, bound_by)  # (np.where beats a masked copyto with a cast)
+    active = ~off
+    np.copyto(bound_by, BOUND_SHED, where=cannot & active)
+    active &= ~cannot
 
     room = np.append(a["node_limit_kw"].astype(np.float64), np.inf)  # + dummy node
 
     # Guns sorted by (class, pre-order of node): every class is a block and inside it every
     # subtree a slice. Order among guns of one node does not matter to any rule.
     lo_p, hi_p = int(prio.min()), int(prio.max())
-    if hi_p - lo_p < 4 * n_g + 1024:  # small class numbers: a table instead of a sort
+    if lo_p == hi_p:  # one class (the common small case): no table, no sort key
+        classes, cls = [lo_p], np.zeros(n_g, np.int64)
+    elif hi_p - lo_p < 4 * n_g + 1024:  # small class numbers: a table instead of a sort
         present = np.bincount(prio - lo_p) > 0
         classes = np.flatnonzero(present) + lo_p
         cls = (np.cumsum(present) - 1)[prio - lo_p]
@@ -558,33 +718,104 @@ def allocate(problem: AllocationProblem, *, validate: bool = True) -> Allocation
     # candidates by weight, minimum and cap itself, then by this block order, which is node
     # pre-order; what is left are guns equal in every field that matters, interchangeable).
     ncls = len(classes)
-    gpre = tree.pre[gun_node]
     cls = np.where(active, cls, ncls)  # inactive guns last, skipped
-    if np.all(gpre[1:] >= gpre[:-1]):
-        # Guns already in node order (as the controller and scheduler build them): a stable
-        # radix sort by class keeps it, in O(n).
-        order = np.argsort(cls.astype(np.int16) if ncls < 32767 else cls, kind="stable")
-    else:
-        order = np.argsort(cls.astype(np.int64) * (n_n + 1) + gpre, kind="stable")  # ties: lowest input index first
-    key = cls[order]
-    bounds = np.searchsorted(key, np.arange(ncls + 1))
-    for c in range(len(classes)):
+    order, bounds, blocks = _partition(tree, gun_node, cls, ncls)
+    # Each class returns its guns' setpoints and bounds in block order; one scatter at the
+    # end puts them in place (cheaper than a masked store per class).
+    xs, bs = [], []
+    for c in range(ncls):
         g = order[bounds[c] : bounds[c + 1]]
         if g.size:
-            last = c == len(classes) - 1  # nobody after it needs the room that is left
-            _allocate_class(tree, room, g, gun_node, cap, mn, w, step, setpoint, bound_by, last)
+            last = c == ncls - 1  # nobody after it needs the room that is left
+            if blocks[c] is None:
+                blocks[c] = _Block(tree, tree.pre[gun_node[g]])
+            x, b = _allocate_class(blocks[c], room, g, cap, mn, w, step, last)
+            xs.append(x)
+            bs.append(b)
+    n_act = int(bounds[ncls])
+    if n_act:
+        g = order[:n_act]
+        setpoint[g] = np.concatenate(xs) if len(xs) > 1 else xs[0]
+        bound_by[g] = np.concatenate(bs) if len(bs) > 1 else bs[0]
     full = active & (setpoint >= cap - _FIT_TOL_KW) & (bound_by != BOUND_SHED)
-    bound_by[full] = cap_code[full]
-    setpoint[full] = cap[full]
+    bound_by = np.where(full, cap_code, bound_by)
+    setpoint = np.where(full, cap, setpoint)
     return Allocation(setpoint, bound_by)
 
 
-def _allocate_class(tree, room, g, gun_node, cap, mn, w, step, setpoint, bound_by, last=False):
+def _allocate_flat(gun_node, cap, cap_code, w, limit, setpoint, bound_by) -> Allocation:
+    """The general path for its simplest case, with a fraction of its numpy calls (for small
+    problems the calls are the cost): one class, no minimums, no module steps, every gun
+    directly under a root (one aggregate limit per site, as in ACN-Sim), guns sorted by node.
+
+    Same arithmetic as the general path on the same arrays in the same order (the guns with
+    ``cap > 0``, by node), so the same bits: a property test holds the two paths equal."""
+    off = cap <= 0
+    act = None
+    if off.any():  # the general path leaves them out of every sum: so must this one
+        act = np.flatnonzero(~off)
+        gun_node, cap_a, w = gun_node[act], cap[act], w[act]
+    else:
+        cap_a = cap
+    n_g = gun_node.size
+    d = cap_a
+    if n_g:
+        if gun_node[0] == gun_node[-1]:  # one node (sorted): one segment
+            starts = np.zeros(1, np.int64)
+            lens = np.full(1, n_g)
+        else:  # (np.r_ and np.diff cost more than these for small arrays)
+            chg = np.empty(n_g, bool)
+            chg[0] = True
+            np.not_equal(gun_node[1:], gun_node[:-1], out=chg[1:])
+            starts = np.flatnonzero(chg)
+            lens = np.empty_like(starts)
+            lens[:-1] = starts[1:] - starts[:-1]
+            lens[-1] = n_g - starts[-1]
+        lens_all = lens
+        nodes = gun_node[starts]
+        r = limit[nodes].astype(np.float64, copy=False)
+        bind = np.add.reduceat(cap_a, starts) > r
+        if bind.any():
+            bnd = np.full(n_g, BOUND_ASK, np.int64)
+            if not bind.all():
+                starts, nodes, lens, r = starts[bind], nodes[bind], lens[bind], r[bind]
+                idx = np.flatnonzero(np.repeat(bind, lens_all))
+                s2 = np.zeros(lens.size, np.int64)
+                np.cumsum(lens[:-1], out=s2[1:])
+                dd, ww = cap_a[idx], w[idx]
+            else:
+                idx, s2, dd, ww = None, starts, cap_a, w
+            lam = _levels(dd, ww, np.maximum(r, 0.0), lens, s2)
+            lvl = ww * np.repeat(lam, lens)
+            hit = dd >= lvl
+            dd = np.minimum(dd, lvl)
+            if idx is None:
+                d = dd
+                bnd = np.where(hit, np.repeat(nodes, lens), BOUND_ASK)
+            else:
+                d = cap_a.copy()
+                d[idx] = dd
+                bnd[idx[hit]] = np.repeat(nodes, lens)[hit]
+            if act is None:
+                bound_by = bnd
+            else:
+                bound_by[act] = bnd
+    if act is None:
+        setpoint = d.copy() if d is cap else d
+    else:
+        setpoint[act] = d
+    full = ~off & (setpoint >= cap - _FIT_TOL_KW)
+    np.copyto(bound_by, cap_code, where=off | full)
+    np.copyto(setpoint, cap, where=full)
+    return Allocation(setpoint, bound_by)
+
+
+def _allocate_class(blk, room, g, cap, mn, w, step, last=False):
     """One priority class: admission of minimums, water-fill, module steps; then take what
     the class used off ``room`` (in place) for the classes after it.
 
-    ``g``: the class's guns in block order. Works in the block's compact node space."""
-    blk = _Block(tree, tree.pre[gun_node[g]])
+    ``g``: the class's guns in block order, ``blk`` their :class:`_Block`. Works in the block's compact node space.
+    Returns (setpoint, bound) of those guns in block order (shed guns: 0 kW, BOUND_SHED)."""
     m, c, ww = mn[g], cap[g], w[g]
     room_c = np.append(room[blk.cnodes], np.inf)  # + dummy
 
@@ -599,7 +830,11 @@ def _allocate_class(tree, room, g, gun_node, cap, mn, w, step, setpoint, bound_b
             # guns with no such ancestor are admitted whatever the others do.
             ch = blk.chain()
             cand = np.flatnonzero(want > 0)
-            cand = cand[over[ch[cand]].any(axis=1)]
+            cch = ch[:, cand]
+            contested = over[cch[0]]
+            for j in range(1, cch.shape[0]):
+                contested |= over[cch[j]]
+            cand = cand[contested]
             sure = want.copy()
             sure[cand] = 0.0
             slack = room_c - blk.subtree_sums(sure)
@@ -607,15 +842,15 @@ def _allocate_class(tree, room, g, gun_node, cap, mn, w, step, setpoint, bound_b
             # Before ordering anything: a candidate whose minimum exceeds what some ancestor
             # has even now is shed whatever the order (room only shrinks as others get in).
             # (In an overloaded site that is most of a low class: the greedy never sees them.)
-            hopeless = m[cand] > slack[ch[cand]].min(axis=1) + _FIT_TOL_KW
+            hopeless = m[cand] > _chain_min(slack, ch[:, cand]) + _FIT_TOL_KW
             shed = cand[hopeless]
             cand = cand[~hopeless]
             if cand.size:
                 cand = cand[_greedy_order(m[cand], ww[cand], c[cand])]
-                t = _greedy(ch[cand, 0], ch[cand], m[cand], np.ones(cand.size), slack)
+                cch = ch[:, cand]
+                t = _greedy(cch[0], cch, m[cand], np.ones(cand.size), slack)
                 shed = np.concatenate([shed, cand[t < 1]])
             admitted[shed] = False
-            bound_by[g[shed]] = BOUND_SHED
             fixed = np.where(admitted, m, 0.0)
             fixed_c = blk.subtree_sums(fixed)
         else:
@@ -643,40 +878,41 @@ def _allocate_class(tree, room, g, gun_node, cap, mn, w, step, setpoint, bound_b
         slack[-1] = np.inf
         cand = np.flatnonzero(stepped & (x < c - _FIT_TOL_KW))
         cand = cand[_greedy_order(m[cand], ww[cand], c[cand])]
-        cch = ch[cand]
+        cch = ch[:, cand]
         while cand.size:
-            fits = s[cand] <= slack[cch].min(axis=1) + _FIT_TOL_KW
-            cand, cch = cand[fits], cch[fits]
+            fits = s[cand] <= _chain_min(slack, cch) + _FIT_TOL_KW
+            cand, cch = cand[fits], cch[:, fits]
             if not cand.size:
                 break
-            t = _greedy(cch[:, 0], cch, s[cand], np.ones(cand.size), slack)
+            t = _greedy(cch[0], cch, s[cand], np.ones(cand.size), slack)
             x[cand] += t * s[cand]
             more = (t > 0) & (x[cand] < c[cand] - _FIT_TOL_KW)
-            cand, cch = cand[more], cch[more]
-        # Refill the unstepped guns around the now fixed stepped ones.
-        fixed2 = np.where(stepped, x, fixed)
-        inc2 = np.where(stepped, 0.0, inc)
-        bnd[~stepped] = BOUND_ASK
-        x = fixed2 + _water_fill(blk, room_c - blk.subtree_sums(fixed2), inc2, ww, bnd)
+            cand, cch = cand[more], cch[:, more]
+        # Refill the unstepped guns around the now fixed stepped ones. (If every admitted gun
+        # is stepped the refill gives nothing and the bounds it would mark are all redone
+        # below or at the end, so it is skipped: a property test checks.)
+        if not _FAST_PATHS or (admitted & ~stepped).any():
+            fixed2 = np.where(stepped, x, fixed)
+            inc2 = np.where(stepped, 0.0, inc)
+            bnd[~stepped] = BOUND_ASK
+            x = fixed2 + _water_fill(blk, room_c - blk.subtree_sums(fixed2), inc2, ww, bnd, own=True)
         # Stepped guns below their cap: bound by the deepest ancestor left with less than one
         # step of headroom (it is what stops one more step).
         used_c = blk.subtree_sums(x)
         left = room_c - used_c
         below = np.flatnonzero(stepped & (x < c - _FIT_TOL_KW))
         if below.size:
-            bch = ch[below]
-            blocked = left[bch] < s[below][:, None] - _FIT_TOL_KW
-            first = blocked.shape[1] - 1 - np.argmax(blocked[:, ::-1], axis=1)  # deepest
-            cid = bch[np.arange(below.size), first]
-            bnd[below] = np.where(blocked.any(axis=1), np.append(blk.cnodes, -1)[cid], BOUND_ASK)
+            need = s[below] - _FIT_TOL_KW
+            cid = np.full(below.size, blk.nc)  # the dummy: no node blocks it
+            for j in range(ch.shape[0]):  # top down: the deepest blocked ancestor wins
+                bj = ch[j][below]
+                np.copyto(cid, bj, where=left[bj] < need)
+            bnd[below] = np.append(blk.cnodes, BOUND_ASK)[cid]
     elif not last:
         used_c = blk.subtree_sums(x)
     if not last:
         room[blk.cnodes] -= used_c[:-1]
-    _store(g, admitted, x, bnd, setpoint, bound_by)
-
-
-def _store(g, admitted, x, bnd, setpoint, bound_by):
-    ok = g[admitted]
-    setpoint[ok] = x[admitted]
-    bound_by[ok] = bnd[admitted]
+    if not admitted.all():
+        x[~admitted] = 0.0
+        bnd[~admitted] = BOUND_SHED
+    return x, bnd

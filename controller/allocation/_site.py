@@ -228,13 +228,11 @@ def _allocate_small(gun_node, guns, topo, nodes):
     def fill(members, base, inc):
         """Rule 4 over ``members``: amounts above ``base``; marks bound nodes."""
         used = [0.0] * n_n
-        dsum = [0.0] * n_n
         under = [None] * n_n
         for gi in members:
-            b, di = base[gi], inc[gi]
+            b = base[gi]
             for v in anc[gi]:
                 used[v] += b
-                dsum[v] += di
                 u = under[v]
                 if u is None:
                     under[v] = [gi]
@@ -320,12 +318,13 @@ def _allocate_small(gun_node, guns, topo, nodes):
                             nxt.append(gi)
                 todo = nxt
             sset = set(stepped)
-            for gi in adm:
-                if gi not in sset:
-                    bound[gi] = BOUND_ASK
-            base2 = {gi: (val[gi] if gi in sset else base[gi]) for gi in adm}
-            d2 = fill(adm, base2, {gi: (0.0 if gi in sset else cap[gi] - mn[gi]) for gi in adm})
-            val = {gi: base2[gi] + d2[gi] for gi in adm}
+            if len(sset) < len(adm):  # (every gun stepped: the refill has nothing to give)
+                for gi in adm:
+                    if gi not in sset:
+                        bound[gi] = BOUND_ASK
+                base2 = {gi: (val[gi] if gi in sset else base[gi]) for gi in adm}
+                d2 = fill(adm, base2, {gi: (0.0 if gi in sset else cap[gi] - mn[gi]) for gi in adm})
+                val = {gi: base2[gi] + d2[gi] for gi in adm}
             left2 = list(room)
             for gi in adm:
                 for v in anc[gi]:
