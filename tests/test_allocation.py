@@ -198,3 +198,18 @@ def test_identical_guns_tie_break_by_lowest_input_index():
     r = allocate(p)
     assert r.setpoint_kw[0] == 10 and r.setpoint_kw[7] == 0
     assert r.setpoint_kw.sum() == 25
+
+
+def test_bound_by_names_the_deepest_node_that_cut_a_gun_to_zero():
+    """Regression (slow property run): a class-2 gun under a 0 kW node, while the site's room is
+    also used up by class 0, is bound by its own node (the nearer reason), in the array core and
+    the single-site path alike."""
+    p = AllocationProblem(
+        gun_node=np.array([0, 0, 0, 2]), upper_kw=np.array([7.5, 7.5, 7.5, 1.0]), min_kw=np.zeros(4),
+        ask_kw=np.array([7.5, 7.5, 7.5, 1.0]), priority=np.array([0, 0, 2, 2]), weight=np.array([0.5, 1, 0.5, 0.5]),
+        node_parent=np.array([-1, 0, 0, 0, 0, 0, 0]), node_limit_kw=np.array([1, np.inf, 0, 0, 0, 0, 0.0]),
+        node_step_kw=np.zeros(7),
+    )
+    r = allocate(p)
+    assert r.setpoint_kw[3] == 0 and r.bound_by[3] == 2
+    assert r.bound_by[2] == 0  # the other class-2 gun is stopped by the site
