@@ -213,3 +213,24 @@ def test_bound_by_names_the_deepest_node_that_cut_a_gun_to_zero():
     r = allocate(p)
     assert r.setpoint_kw[3] == 0 and r.bound_by[3] == 2
     assert r.bound_by[2] == 0  # the other class-2 gun is stopped by the site
+
+
+def test_bound_by_of_a_gun_cut_to_a_float_residue():
+    """Regression (slow property run): a gun a deeper node cuts to ~1e-16 kW keeps that node as
+    its bound in the array core and the single-site path alike (tolerance, not exact zero)."""
+    from controller.allocation import GunDemand, LimitNode, allocate_site
+
+    p = AllocationProblem(
+        gun_node=np.array([4, 3, 3, 4, 3, 3, 3, 3, 4]), upper_kw=np.array([7.5, 0, 0, 7.5, 0, 0, 15, 0, 7.5]),
+        min_kw=np.zeros(9), ask_kw=np.array([7.5, 0, 0, 7.5, 0, 0, 9, 0, 2.0]),
+        priority=np.array([1, 0, 0, 2, 0, 0, 1, 0, 1]), weight=np.array([4.414, 0.5, 0.5, 0.5, 0.5, 0.5, 2, 0.5, 1]),
+        node_parent=np.array([-1, 0, 0, -1, 3, 3]), node_limit_kw=np.array([0, 0, 0, 16, 7.5, np.inf]),
+        node_step_kw=np.zeros(6),
+    )
+    r = allocate(p)
+    assert r.setpoint_kw[3] < 1e-9 and r.bound_by[3] == 4
+    site = [i for i in range(9) if p.gun_node[i] in (3, 4)]
+    res = allocate_site([GunDemand(f"g{i}", f"n{p.gun_node[i]}", p.ask_kw[i], p.upper_kw[i], p.min_kw[i],
+                                   int(p.priority[i]), p.weight[i]) for i in site],
+                        [LimitNode("n3", None, 16.0), LimitNode("n4", "n3", 7.5), LimitNode("n5", "n3")])
+    assert res["g3"].bound_by == "n4"

@@ -419,7 +419,7 @@ def _water_fill(blk: _Block, room: np.ndarray, d: np.ndarray, w: np.ndarray, bou
                 sat0 |= d <= 0.0
                 lam = _levels(d, w, np.where(bind, np.maximum(r, 0.0), np.inf), lens, blk.lo[depth], sat0)
             lvl = w * np.repeat(lam, lens)
-            hit = (d >= lvl) & (d > 0.0)  # a gun a deeper node already cut to 0 keeps that node
+            hit = (d >= lvl) & (d > _FIT_TOL_KW)  # a gun a deeper node already cut to (about) 0 keeps that node
             bound[hit] = np.repeat(nodes, lens)[hit]
             np.minimum(d, lvl, out=d)
             continue
@@ -433,7 +433,7 @@ def _water_fill(blk: _Block, room: np.ndarray, d: np.ndarray, w: np.ndarray, bou
         lam = _levels(dd, ww, r, lens, starts)
         lg = np.repeat(lam, lens)
         lvl = ww * lg
-        hit = (dd >= lvl) & (dd > 0.0)  # a gun a deeper node already cut to 0 keeps that node
+        hit = (dd >= lvl) & (dd > _FIT_TOL_KW)  # a gun a deeper node already cut to (about) 0 keeps that node
         bound[idx[hit]] = np.repeat(nodes, lens)[hit]
         d[idx] = np.minimum(dd, lvl)
     return d

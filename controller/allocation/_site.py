@@ -267,7 +267,7 @@ def _allocate_small(gun_node, guns, topo, nodes):
                 sat = new
             for gi in us:
                 lvl = wt[gi] * lam
-                if d[gi] >= lvl and d[gi] > 0.0:  # a gun a deeper node cut to 0 keeps that node
+                if d[gi] >= lvl and d[gi] > tol:  # a gun a deeper node cut to (about) 0 keeps that node
                     bound[gi] = v
                     d[gi] = lvl
         return d
