@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from controller.allocation import (
+    BACKENDS,
     BOUND_ASK,
     BOUND_SHED,
     BOUND_UPPER,
@@ -21,6 +22,19 @@ try:  # tests/ is a rootdir-less folder today; a package if someone adds __init_
     from allocation_oracle import oracle_allocate
 except ImportError:  # pragma: no cover
     from tests.allocation_oracle import oracle_allocate
+
+
+
+@pytest.fixture(autouse=True, scope="module", params=BACKENDS)
+def backend(request):
+    """Every property here holds for every backend this installation has (numba, numpy)."""
+    from controller.allocation import _core
+
+    saved = _core.DEFAULT_BACKEND
+    _core.DEFAULT_BACKEND = request.param
+    yield request.param
+    _core.DEFAULT_BACKEND = saved
+
 
 DEFAULT = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SLOW = settings(max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -249,8 +263,8 @@ def as_site_objects(p: AllocationProblem):
 
 @DEFAULT
 @given(problems())
-def test_scalar_site_path_equals_batched_core(p):
-    """allocate_site's scalar path (small sites) gives what the batched core gives, bound_by too."""
+def test_site_call_equals_batched_core(p):
+    """allocate_site (objects, string ids) gives what the batched core gives, bound_by too."""
     from controller.allocation import allocate_site
 
     guns, nodes = as_site_objects(p)
@@ -265,164 +279,39 @@ def test_scalar_site_path_equals_batched_core(p):
 
 @pytest.mark.slow
 @SLOW
-@given(problems(max_sites=4, max_nodes=9, max_guns=14))
-def test_scalar_site_path_equals_batched_core_slow(p):
-    test_scalar_site_path_equals_batched_core.hypothesis.inner_test(p)
-
-
-@pytest.mark.slow
-@SLOW
 @given(problems(max_sites=4, max_nodes=9, max_guns=14), st.randoms(use_true_random=False))
 def test_order_of_guns_does_not_matter_slow(p, rnd):
     test_order_of_guns_does_not_matter.hypothesis.inner_test(p, rnd)
 
 
-# ----------------------------------------------------------------------------- fast paths
-# The core takes shortcuts that must not change a single bit of the result: the flat path
-# (one class, no minimums, no steps, guns straight under roots), the partition cache across
-# calls, the greedy going on with the undecided items only, the identity gathers skipped
-# when a whole depth binds. ``_core._FAST_PATHS = False`` turns them all off.
+# ----------------------------------------------------------------------------- backends agree
+# The compiled kernel and the numpy backend are two implementations of the same rules with
+# the same order of operations: same bound_by everywhere, setpoints equal to float rounding.
 
 
-def general_path(p: AllocationProblem):
-    from controller.allocation import _core
+def assert_backends_agree(p: AllocationProblem) -> None:
+    from controller.allocation import allocate_numpy
 
-    saved = _core._FAST_PATHS
-    _core._FAST_PATHS = False
-    try:
-        return allocate(p)
-    finally:
-        _core._FAST_PATHS = saved
-
-
-def assert_same(a, b) -> None:
-    np.testing.assert_array_equal(a.setpoint_kw, b.setpoint_kw)
+    a, b = allocate(p, backend="numba"), allocate_numpy(p)
+    np.testing.assert_allclose(a.setpoint_kw, b.setpoint_kw, rtol=1e-12, atol=1e-9)
     np.testing.assert_array_equal(a.bound_by, b.bound_by)
 
 
-@st.composite
-def flat_problems(draw):
-    """One class, no minimums, no steps, every gun directly under a root, guns by node: the
-    case of ACN-Sim's single aggregate constraint (and what the flat path takes)."""
-    n_roots = draw(st.integers(1, 4))
-    parent = [-1] * n_roots
-    for _ in range(draw(st.integers(0, 3))):  # nodes without guns below them
-        parent.append(draw(st.integers(0, len(parent) - 1)))
-    n_n = len(parent)
-    limit = [draw(LIMIT) for _ in range(n_n)]
-    counts = [draw(st.integers(0, 12)) for _ in range(n_roots)]
-    gun_node = [r for r in range(n_roots) for _ in range(counts[r])]
-    if not gun_node:
-        gun_node = [0]
-    n = len(gun_node)
-    prio = draw(st.integers(0, 5))
-    return AllocationProblem(
-        gun_node=np.array(gun_node, np.int64), upper_kw=np.array([draw(KW) for _ in range(n)]),
-        min_kw=np.zeros(n), ask_kw=np.array([draw(KW) for _ in range(n)]),
-        priority=np.full(n, prio, np.int64), weight=np.array([draw(WEIGHT) for _ in range(n)]),
-        node_parent=np.array(parent, np.int64), node_limit_kw=np.array(limit, float),
-        node_step_kw=draw(st.sampled_from([None, np.zeros(n_n)])),
-    )
+needs_numba = pytest.mark.skipif("numba" not in BACKENDS, reason="numba does not import here")
 
 
+@needs_numba
 @DEFAULT
 @given(problems())
-def test_fast_paths_equal_general_path(p):
-    assert_same(allocate(p), general_path(p))
-    assert_same(allocate(p), general_path(p))  # the second call reuses the cached partition
+def test_backends_agree(backend, p):
+    if backend == "numba":  # (one run is enough: the test names both backends itself)
+        assert_backends_agree(p)
 
 
-@DEFAULT
-@given(flat_problems())
-def test_flat_path_equals_general_path(p):
-    r = allocate(p)
-    assert_same(r, general_path(p))
-    check_rules(p, r)
-    check_oracle(p, r)
-
-
-@DEFAULT
-@given(problems(), st.sampled_from([0.5, 0.9, 1.0, 1.1, 2.0]))
-def test_cached_partition_gives_what_a_cold_call_gives(p, k):
-    """Same gun_node and classes, other kW: the partition kept from the first call must
-    serve the second exactly as a fresh one would."""
-    allocate(p)
-    q = AllocationProblem(p.gun_node, p.upper_kw, p.min_kw, p.ask_kw * k, p.priority, p.weight,
-                          p.node_parent, p.node_limit_kw * k, p.node_step_kw)
-    assert_same(allocate(q), general_path(q))
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(problems(max_sites=6, max_nodes=5, max_guns=40))
-def test_fast_paths_equal_general_path_on_crowded_sites(p):
-    """Many guns per site: the greedy admission settles most of them in its first round and
-    goes on with the rest only (its compaction)."""
-    r = allocate(p)
-    assert_same(r, general_path(p))
-    check_oracle(p, r)
-
-
-@st.composite
-def crowded_problems(draw):
-    """Sites of 10-40 guns with minimums, oversubscribed at the root, mostly weight 1 with a
-    few low-weight guns of small minimums: the greedy admission decides most guns in its
-    first round and a few low-weight ones are still open after it, which is when it goes on
-    with those only (about one example in six)."""
-    parent, limit, step = [], [], []
-    gun_node, upper, mn, ask, prio, weight = [], [], [], [], [], []
-    for _ in range(draw(st.integers(1, 3))):
-        base = len(parent)
-        k = draw(st.integers(2, 5))
-        parent.append(-1)
-        limit.append(0.0)
-        step.append(0.0)
-        for _ in range(1, k):
-            parent.append(base)
-            limit.append(draw(st.sampled_from([math.inf, math.inf, 240.0, 360.0])))
-            step.append(draw(st.sampled_from([0.0, 0.0, 10.0, 30.0])))
-        total_min = 0.0
-        for _ in range(draw(st.integers(10, 40))):
-            gun_node.append(base + draw(st.integers(1, k - 1)))
-            u = draw(st.sampled_from([30.0, 60.0, 90.0, 180.0]))
-            w = draw(st.sampled_from([1.0, 1.0, 1.0, 1.0, 1.0, 2.0, 0.5]))
-            m = 7.5 if w < 1 else draw(st.sampled_from([15.0, 30.0, 45.0]))
-            upper.append(u)
-            mn.append(min(m, u))
-            ask.append(draw(st.sampled_from([u, u, u / 2, 0.0])))
-            prio.append(draw(st.sampled_from([0, 0, 0, 1])))
-            weight.append(w)
-            total_min += min(m, u)
-        limit[base] = round(total_min * draw(st.sampled_from([0.6, 0.8, 0.9, 0.95])), 3)
-    f = lambda xs, dt=float: np.array(xs, dt)
-    return AllocationProblem(f(gun_node, np.int64), f(upper), f(mn), f(ask), f(prio, np.int64), f(weight),
-                             f(parent, np.int64), f(limit), f(step))
-
-
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(crowded_problems())
-def test_fast_paths_equal_general_path_when_the_greedy_compacts(p):
-    r = allocate(p)
-    assert_same(r, general_path(p))
-    check_rules(p, r)
-    check_oracle(p, r)
-
-
-@pytest.mark.slow
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])  # ~70 ms each
-@given(crowded_problems())
-def test_fast_paths_equal_general_path_when_the_greedy_compacts_slow(p):
-    test_fast_paths_equal_general_path_when_the_greedy_compacts.hypothesis.inner_test(p)
-
-
+@needs_numba
 @pytest.mark.slow
 @SLOW
 @given(problems(max_sites=4, max_nodes=9, max_guns=14))
-def test_fast_paths_equal_general_path_slow(p):
-    test_fast_paths_equal_general_path.hypothesis.inner_test(p)
-
-
-@pytest.mark.slow
-@SLOW
-@given(flat_problems())
-def test_flat_path_equals_general_path_slow(p):
-    test_flat_path_equals_general_path.hypothesis.inner_test(p)
+def test_backends_agree_slow(backend, p):
+    if backend == "numba":
+        assert_backends_agree(p)

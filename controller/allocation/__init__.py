@@ -53,6 +53,8 @@ because its minimum could not be met; otherwise the index of the node whose limi
 """
 
 from ._core import (
+    BACKENDS,
+    DEFAULT_BACKEND,
     BOUND_ASK,
     BOUND_SHED,
     BOUND_UPPER,
@@ -60,6 +62,7 @@ from ._core import (
     Allocation,
     AllocationProblem,
     allocate,
+    allocate_numpy,
 )
 from ._site import GunDemand, GunResult, LimitNode, allocate_site
 
@@ -71,6 +74,9 @@ __all__ = [
     "AllocationProblem",
     "Allocation",
     "allocate",
+    "allocate_numpy",
+    "BACKENDS",
+    "DEFAULT_BACKEND",
     "GunDemand",
     "LimitNode",
     "GunResult",

@@ -643,12 +643,10 @@ def _partition(tree: _Tree, gun_node: np.ndarray, cls: np.ndarray, ncls: int):
     return order, bounds, blocks
 
 
-def allocate(problem: AllocationProblem, *, validate: bool = True) -> Allocation:
-    """Allocate a batch (see the module docstring for the rules). Pure; O(n log n).
-
-    With ``validate=False`` the caller promises valid input (see :func:`_validate`); the
-    result for invalid input is then undefined.
-    """
+def allocate_numpy(problem: AllocationProblem, *, validate: bool = True) -> Allocation:
+    """The numpy backend of :func:`allocate` (vectorised over the whole batch, no compiled
+    code): the fallback where numba is not installed, and a second, independent
+    implementation the tests hold the compiled one to. Same arguments and result."""
     a = _arrays(problem)
     tree = _validate(a) if validate else None
     n_g = a["gun_node"].shape[0]
@@ -916,3 +914,76 @@ def _allocate_class(blk, room, g, cap, mn, w, step, last=False):
         x[~admitted] = 0.0
         bnd[~admitted] = BOUND_SHED
     return x, bnd
+
+
+# ----------------------------------------------------------------------------- the entry point
+
+try:  # the compiled backend; without numba the numpy backend gives the same results, slower
+    from . import _kernel
+except ImportError:  # pragma: no cover - numba is a dependency; this is for broken installs
+    _kernel = None
+
+BACKENDS: tuple[str, ...] = ("numba", "numpy") if _kernel is not None else ("numpy",)
+"""The backends this installation has, fastest first."""
+
+DEFAULT_BACKEND: str = BACKENDS[0]
+"""What :func:`allocate` uses when not told: ``"numba"`` (compiled per tree, all cores for
+big batches) when numba imports, else ``"numpy"``."""
+
+
+def _shapes_and_types_ok(a: dict[str, np.ndarray]) -> bool:
+    """Lengths and dtypes right (no pass over the values). False: :func:`_validate` says what."""
+    n_g = a["gun_node"].shape[0]
+    n_n = a["node_parent"].shape[0]
+    for name in _GUN_INT_FIELDS + _GUN_FLOAT_FIELDS:
+        if a[name].shape[0] != n_g:
+            return False
+    for name in ("node_limit_kw", "node_step_kw"):
+        if a[name] is not None and a[name].shape[0] != n_n:
+            return False
+    for name in _GUN_INT_FIELDS + ("node_parent",):
+        if a[name].size and a[name].dtype.kind not in "iu":
+            return False
+    for name in _GUN_FLOAT_FIELDS + ("node_limit_kw", "node_step_kw"):
+        if a[name] is not None and a[name].size and a[name].dtype.kind not in "fiu":
+            return False
+    return True
+
+
+def allocate(problem: AllocationProblem, *, validate: bool = True, backend: str | None = None) -> Allocation:
+    """Allocate a batch (see the module docstring for the rules). Pure: arrays in, arrays out.
+
+    ``backend``: ``"numba"`` or ``"numpy"`` (default :data:`DEFAULT_BACKEND`); both give the
+    same setpoints (to float rounding, far below ``LIMIT_TOL_KW``) and the same ``bound_by``.
+    With ``validate=False`` the caller promises valid input (see :func:`_validate`); the
+    result for invalid input is then undefined, though a cycle or an index out of range
+    still raises rather than hanging or reading out of bounds.
+    """
+    backend = backend or DEFAULT_BACKEND
+    if backend == "numpy":
+        return allocate_numpy(problem, validate=validate)
+    if backend != "numba":
+        raise ValueError(f"backend: {backend!r} is not one of ('numba', 'numpy')")
+    if _kernel is None:
+        raise ValueError("backend: 'numba' is not available here (numba does not import); use 'numpy'")
+    a = _arrays(problem)
+    if validate and not _shapes_and_types_ok(a):
+        _validate(a)  # raises, naming the field
+    i64 = lambda v: np.ascontiguousarray(v, np.int64)  # noqa: E731 (no copy when already so)
+    f64 = lambda v: np.ascontiguousarray(v, np.float64)  # noqa: E731
+    gun_node, prio, parent = i64(a["gun_node"]), i64(a["priority"]), i64(a["node_parent"])
+    upper, mn, ask, w = f64(a["upper_kw"]), f64(a["min_kw"]), f64(a["ask_kw"]), f64(a["weight"])
+    limit = f64(a["node_limit_kw"])
+    step = None if a["node_step_kw"] is None else f64(a["node_step_kw"])
+    if validate:
+        ok = _kernel.all_valid(gun_node, upper, mn, ask, w, parent, limit,
+                               limit if step is None else step, step is not None)
+    else:
+        ok = _kernel.indices_ok(gun_node, parent)
+    if not ok:
+        if not validate:
+            raise ValueError("gun_node or node_parent: an index out of range (validate=True names it)")
+        _validate(a)  # raises, naming the field and the first bad index
+        return allocate_numpy(problem)  # (unreachable unless the two checks disagree: be safe)
+    setpoint, bound_by = _kernel.solve(gun_node, upper, mn, ask, w, prio, parent, limit, step)
+    return Allocation(setpoint, bound_by)
