@@ -33,6 +33,7 @@ from controller.allocation import (  # noqa: E402
     GunDemand,
     LimitNode,
     allocate,
+    allocate_numpy,
     allocate_site,
 )
 
@@ -189,50 +190,86 @@ def main() -> None:
     args = ap.parse_args()
     rep = 5 if args.quick else 11
 
-    print(f"numpy {np.__version__}, {os.cpu_count()} CPUs")
+    from controller.allocation import DEFAULT_BACKEND, _core, _kernel
+
+    nb = __import__("numba")
+    print(f"numpy {np.__version__}, numba {nb.__version__} ({nb.get_num_threads()} threads), "
+          f"{os.cpu_count()} CPUs; default backend: {DEFAULT_BACKEND}")
     print()
     print("(a) batch: {} sites x 100 guns, site -> 5 feeders -> 50 piles -> 2 guns".format(args.sites))
     p = depot_batch(args.sites)
+    ps = depot_batch(args.sites, shuffle_guns=True)
     n_g = p.gun_node.size
     r = allocate(p)
     shed = int((r.setpoint_kw == 0).sum())
-    t_core = median_time(lambda: allocate(p, validate=False), rep)
-    t_val = median_time(lambda: allocate(p), rep)
-    t_floor = median_time(lambda: floor_pass(p), rep)
-    from controller.allocation import _core
 
-    def cold():  # a topology it has not seen: neither the tree analysis nor the partition is reused
+    def numba_cold(q):  # a tree and guns it has not seen: nothing reused
+        _kernel._LAYOUT.clear()
+        allocate(q)
+
+    def numpy_cold(q):
         _core._TREE_CACHE.clear()
         _core._PART_CACHE.clear()
-        allocate(p)
+        allocate_numpy(q)
 
-    def new_partition(q):  # same tree, but the guns' classes or running set changed since the last call
-        _core._PART_CACHE.clear()
-        allocate(q, validate=False)
+    # (name, untimed set-up, timed call); a warm row's set-up is a call on the same problem,
+    # so what it times is a call after one with the same tree and guns, as in a control loop.
+    nothing = lambda: None  # noqa: E731
+    floor_row = ("floor (read inputs, sum per node, write)", nothing, lambda: floor_pass(p))
+    numba_rows = [("numba: allocate(validate=True)", lambda: allocate(p), lambda: allocate(p)),
+                  ("numba: allocate(validate=False)", lambda: allocate(p), lambda: allocate(p, validate=False)),
+                  ("numba: new tree and guns (validate=True)", nothing, lambda: numba_cold(p)),
+                  ("numba: guns shuffled, new tree and guns", nothing, lambda: numba_cold(ps))]
+    numpy_rows = [("numpy: allocate(validate=False)", lambda: allocate_numpy(p), lambda: allocate_numpy(p, validate=False)),
+                  ("numpy: new tree and guns (validate=True)", nothing, lambda: numpy_cold(p)),
+                  ("numpy: guns shuffled, new tree and guns", nothing, lambda: numpy_cold(ps))]
 
-    t_cold = median_time(cold, rep)
-    t_part = median_time(lambda: new_partition(p), rep)
-    ps = depot_batch(args.sites, shuffle_guns=True)
-    t_shuf = median_time(lambda: new_partition(ps), rep)
+    def rounds(rows):
+        """Interleaved rounds (each row once per round), medians: the machine's speed drifts,
+        and every row of a group then sees the same drift. The two backends are timed in
+        separate groups: the numpy backend's large temporaries would otherwise leave the
+        allocator in a state that slows the next call whatever it is (~10 ms here)."""
+        times: dict[str, list[float]] = {name: [] for name, _, _ in rows}
+        for _, _, fn in rows:
+            fn()  # warm up (compiles on a cold numba cache)
+        for _ in range(rep):
+            for name, setup, fn in rows:
+                setup()
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+        return {name: statistics.median(ts) for name, ts in times.items()}
+
+    med_a = rounds([floor_row] + numba_rows)
+    med_b = rounds([floor_row] + numpy_rows)
+    t_floor = med_a[floor_row[0]]
+    t_core = med_a["numba: allocate(validate=True)"]
     print(f"{'what':44s} {'ms/batch':>9s} {'ns/gun':>8s} {'x floor':>8s}")
-    for name, t in (("floor (read inputs, sum per node, write)", t_floor),
-                    ("allocate(validate=False)", t_core),
-                    ("allocate(validate=True)", t_val),
-                    ("allocate, new partition (validate=False)", t_part),
-                    ("allocate, new topology (validate=True)", t_cold),
-                    ("allocate, guns shuffled, new partition", t_shuf)):
-        print(f"{name:44s} {t * 1e3:9.1f} {t / n_g * 1e9:8.1f} {t / t_floor:8.1f}")
+    for med, names in ((med_a, [floor_row[0]] + [r[0] for r in numba_rows]),
+                       (med_b, [r[0] for r in numpy_rows])):
+        fl = med[floor_row[0]]
+        for name in names:
+            t = med[name]
+            print(f"{name:44s} {t * 1e3:9.1f} {t / n_g * 1e9:8.1f} {t / fl:8.1f}")
+    med = {**med_b, **med_a}
     print(f"  targets: <= 50 ms/batch, <= 50 ns/gun, <= 10x floor; guns at 0 kW in the result: {shed} of {n_g}")
-    print("  (the first two rows reuse the analysis of an unchanged node_parent and the class partition of")
-    print("   an unchanged gun_node and set of running guns per class, as a control loop calling every cycle")
-    print("   does; 'new partition': the classes or the running set changed since the last call, the tree")
-    print("   did not; 'new topology': nothing reused; 'shuffled': guns not in node order, so also a full sort)")
+    print(f"  numba vs numpy backend, same run: {med['numpy: allocate(validate=False)'] / med['numba: allocate(validate=False)']:.1f}x"
+          f" (warm), {med['numpy: new tree and guns (validate=True)'] / med['numba: new tree and guns (validate=True)']:.1f}x (cold)")
+    print("  (warm rows reuse the analysis of an unchanged node_parent and gun_node, as a control loop or")
+    print("   a scheduler calling again and again does; 'new tree and guns': nothing reused)")
     print()
 
     print("(b) one site of 20 guns through allocate_site")
     guns, nodes = site20()
     t_site = median_time(lambda: allocate_site(guns, nodes), 2001 if not args.quick else 301)
     print(f"  median {t_site * 1e6:.1f} us per call (target <= 50 us)")
+    saved = _core.DEFAULT_BACKEND
+    _core.DEFAULT_BACKEND = "numpy"
+    try:
+        t_site_np = median_time(lambda: allocate_site(guns, nodes), 501 if not args.quick else 101)
+    finally:
+        _core.DEFAULT_BACKEND = saved
+    print(f"  (numpy backend, same run: {t_site_np * 1e6:.1f} us, {t_site_np / t_site:.1f}x slower)")
     print()
 
     print("(c) oracle (plain Python) on a 20-site batch of the (a) shape")
@@ -244,7 +281,7 @@ def main() -> None:
                     q.node_limit_kw, q.node_step_kw)
     t_or = time.perf_counter() - t0
     per_or = t_or / q.gun_node.size
-    print(f"  oracle {per_or * 1e9:,.0f} ns/gun; core {t_core / n_g * 1e9:.1f} ns/gun: speed-up {per_or / (t_core / n_g):,.0f}x")
+    print(f"  oracle {per_or * 1e9:,.0f} ns/gun; allocate {t_core / n_g * 1e9:.1f} ns/gun: speed-up {per_or / (t_core / n_g):,.0f}x")
     print()
 
     print("(d) ACN-Sim (acnportal) sorted algorithms, one constraint, time per scheduling call")

@@ -975,15 +975,11 @@ def allocate(problem: AllocationProblem, *, validate: bool = True, backend: str 
     upper, mn, ask, w = f64(a["upper_kw"]), f64(a["min_kw"]), f64(a["ask_kw"]), f64(a["weight"])
     limit = f64(a["node_limit_kw"])
     step = None if a["node_step_kw"] is None else f64(a["node_step_kw"])
-    if validate:
-        ok = _kernel.all_valid(gun_node, upper, mn, ask, w, parent, limit,
-                               limit if step is None else step, step is not None)
-    else:
-        ok = _kernel.indices_ok(gun_node, parent)
-    if not ok:
+    try:
+        setpoint, bound_by = _kernel.solve(gun_node, upper, mn, ask, w, prio, parent, limit, step, validate)
+    except _kernel.BadInput:
         if not validate:
-            raise ValueError("gun_node or node_parent: an index out of range (validate=True names it)")
+            raise ValueError("gun_node or node_parent: an index out of range (validate=True names it)") from None
         _validate(a)  # raises, naming the field and the first bad index
         return allocate_numpy(problem)  # (unreachable unless the two checks disagree: be safe)
-    setpoint, bound_by = _kernel.solve(gun_node, upper, mn, ask, w, prio, parent, limit, step)
     return Allocation(setpoint, bound_by)
