@@ -348,3 +348,19 @@ def test_a_big_batch_runs_on_every_core_and_agrees_with_the_numpy_backend(backen
     assert (total <= p.node_limit_kw + 1e-6).all()
     # it did real work: guns shed, guns cut by a node, and most of the asking guns running
     assert (a.bound_by == BOUND_SHED).any() and (a.bound_by >= 0).any() and (a.setpoint_kw > 0).mean() > 0.3
+
+
+def test_a_bad_value_deep_in_a_big_batch_is_named(backend):
+    """The compiled backend checks values while it gathers them (in parallel for a big
+    batch); a bad one anywhere still gives the one-line message with the first bad index,
+    and nothing is allocated."""
+    p = depot_like_batch(1000, seed=3)
+    upper = p.upper_kw.copy()
+    upper[[15_000, 20_001]] = [np.nan, -1.0]
+    limit = p.node_limit_kw.copy()
+    limit[7_000] = -5.0
+    for over, msg in (({"upper_kw": upper}, r"^upper_kw\[15000\]: NaN$"),
+                      ({"node_limit_kw": limit}, r"^node_limit_kw\[7000\]: -5\.0 must be >= 0$")):
+        q = AllocationProblem(**{**p.__dict__, **over})
+        with pytest.raises(ValueError, match=msg):
+            allocate(q)

@@ -1,7 +1,12 @@
 """Power allocation core: split the power a site may draw across its guns.
 
-Every setpoint evstack writes, live or simulated, comes out of :func:`allocate`. It is pure
-numpy: no I/O, no asyncio, no clock. All power values are in kW.
+Every setpoint evstack writes, live or simulated, comes out of :func:`allocate`. It is pure:
+arrays in, arrays out; no I/O, no asyncio, no clock. All power values are in kW.
+
+Two backends compute the same rules: ``"numba"`` (the default: per tree in compiled loops,
+a big batch on every core; ``_kernel.py``) and ``"numpy"`` (vectorised over the whole batch;
+``_core.py``; the fallback where numba does not import, and the second implementation the
+tests hold the first to: same ``bound_by``, setpoints equal to float rounding).
 
 A problem is a *batch*: many independent limit trees (sites, or time steps of one site)
 concatenated into flat arrays. Every root (``node_parent == -1``) starts one independent
