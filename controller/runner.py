@@ -143,6 +143,17 @@ async def run(cfg: RunConfig, stop: asyncio.Event | None = None, ready=None, clo
     if not 1 <= validity_s <= 3600:
         raise InputError("--validity-s", None, f"must be 1..3600 s, got {validity_s}")
 
+    # The allocation kernel compiles on its first call after an install (~10 s): do it now,
+    # before any pile is written, not inside the first control cycle.
+    from time import perf_counter
+
+    from .allocation import warm_up
+
+    t0 = perf_counter()
+    warm_up()
+    if perf_counter() - t0 > 1.0:
+        log.info("allocation kernel compiled in %.1f s (once after an install; cached for later runs)",
+                 perf_counter() - t0)
     clock = clock or ScaledClock(cfg.speed, cfg.start_s)
     store = await Store.open(cfg.db)
     try:

@@ -68,6 +68,7 @@ from ._core import (
     AllocationProblem,
     allocate,
     allocate_numpy,
+    warm_up,
 )
 from ._site import GunDemand, GunResult, LimitNode, allocate_site
 
@@ -82,6 +83,7 @@ __all__ = [
     "allocate_numpy",
     "BACKENDS",
     "DEFAULT_BACKEND",
+    "warm_up",
     "GunDemand",
     "LimitNode",
     "GunResult",

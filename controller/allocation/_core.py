@@ -931,6 +931,14 @@ DEFAULT_BACKEND: str = BACKENDS[0]
 big batches) when numba imports, else ``"numpy"``."""
 
 
+def warm_up() -> None:
+    """Compile (or load from numba's cache) the numba backend now rather than in the first
+    call: after an install the first compile takes ~10 s, later processes load it in ~0.4 s.
+    A no-op on the numpy backend."""
+    if _kernel is not None:
+        _kernel.warm_up()
+
+
 def _shapes_and_types_ok(a: dict[str, np.ndarray]) -> bool:
     """Lengths and dtypes right (no pass over the values). False: :func:`_validate` says what."""
     n_g = a["gun_node"].shape[0]

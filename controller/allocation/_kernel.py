@@ -857,3 +857,18 @@ def solve(gun_node, upper, mn, ask, weight, prio, parent, limit, step, check):
     if n_bad:
         raise BadInput("a bad value")
     return setpoint, bound_by
+
+
+def warm_up() -> None:
+    """Compile, or load from numba's cache, every entry point on a two-tree toy problem.
+    A long-running caller (the controller) calls this at start-up so that the first compile
+    after an install (~10 s) does not fall into its first control cycle."""
+    parent = np.array([-1, 0, -1], np.int64)
+    gun_node = np.array([1, 1, 2], np.int64)
+    ones = np.ones(3)
+    lay = _Layout(parent, gun_node)
+    common = (lay.tree_start, lay.gstart, lay.order, lay.at, lay.pre_of, lay.par_p, lay.size_p, gun_node,
+              ones, np.zeros(3), ones, ones, np.zeros(3, np.int64), ones, ones, True, True, np.empty(3),
+              np.empty(3, np.int64))
+    _solve_range(0, lay.n_trees, *common)
+    _solve_chunks(2, lay.n_trees, *common)
