@@ -315,3 +315,36 @@ def test_backends_agree(backend, p):
 def test_backends_agree_slow(backend, p):
     if backend == "numba":
         assert_backends_agree(p)
+
+
+@DEFAULT
+@given(problems(), st.integers(2, 1000), st.integers(-50, 50))
+def test_only_the_order_of_class_numbers_matters(p, scale, shift):
+    """Class numbers far apart (the compiled backend's fallback when they span more than 64
+    values) or shifted give what the plain 0, 1, 2 give."""
+    q = AllocationProblem(p.gun_node, p.upper_kw, p.min_kw, p.ask_kw, p.priority * scale + shift, p.weight,
+                          p.node_parent, p.node_limit_kw, p.node_step_kw)
+    a, b = allocate(p), allocate(q)
+    np.testing.assert_array_equal(a.setpoint_kw, b.setpoint_kw)
+    np.testing.assert_array_equal(a.bound_by, b.bound_by)
+
+
+@needs_numba
+@DEFAULT
+@given(problems(max_sites=6))
+def test_parallel_chunks_give_what_one_pass_gives(backend, p):
+    """The compiled backend's parallel loop (chunks of trees on every core; taken for big
+    batches) gives exactly what its one-thread loop gives, whatever the chunk boundaries."""
+    if backend != "numba":
+        return
+    from controller.allocation import _kernel
+
+    serial = allocate(p)
+    saved = _kernel.PARALLEL_MIN_GUNS
+    _kernel.PARALLEL_MIN_GUNS = 0
+    try:
+        par = allocate(p)
+    finally:
+        _kernel.PARALLEL_MIN_GUNS = saved
+    np.testing.assert_array_equal(par.setpoint_kw, serial.setpoint_kw)
+    np.testing.assert_array_equal(par.bound_by, serial.bound_by)

@@ -8,14 +8,18 @@ Why compiled: the rules are a per-site greedy (admission, module steps) and per-
 water levels. Vectorised over a whole batch they cost some 300 passes over the gun arrays
 (~500 ns per gun, 25x the cost of reading the inputs once); run per tree in compiled loops,
 every site's working set (about a hundred guns) stays in L1 cache and each gun is touched a
-few dozen times (~20-40 ns per gun). Trees are independent, so a big batch runs on all cores.
+few dozen times (~85 ns per gun on one core of the bench machine, ~45 on two). Trees are
+independent, so a big batch runs on all cores.
 
 Layout: nodes are renumbered in depth-first pre-order (roots and siblings by index), so the
 nodes of a tree and the subtree of any node are contiguous ranges; guns are sorted (stably)
 by the pre-order position of their node, so the guns of a tree, and the guns of one class
-below any node, are contiguous too. All work buffers are preallocated for the whole batch
-and each tree uses only its own ranges of them: the parallel loop over trees shares nothing.
-Values are kW.
+below any node, are contiguous too. Each chunk of trees (one per worker in a parallel run)
+allocates its scratch once, sized for its largest tree, and solves its trees one after the
+other in it: chunks share nothing but the read-only inputs and disjoint slots of the output.
+The per-tree functions allocate nothing and are compiled without reference counting
+(``_nrt=False``): numba otherwise increments and decrements a count for every array
+argument of every call, ~15 % of the time here. Values are kW.
 """
 
 from __future__ import annotations
