@@ -364,3 +364,13 @@ def test_a_bad_value_deep_in_a_big_batch_is_named(backend):
         q = AllocationProblem(**{**p.__dict__, **over})
         with pytest.raises(ValueError, match=msg):
             allocate(q)
+
+
+def test_class_numbers_at_both_ends_of_int64():
+    """Class numbers are only compared: the extremes of int64 are two classes like 0 and 1
+    (the compiled backend must not overflow taking their difference)."""
+    lo, hi = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+    got = allocate(problem(priority=np.array([hi, lo, hi])))
+    want = allocate(problem(priority=np.array([1, 0, 1])))
+    assert got.setpoint_kw.tolist() == want.setpoint_kw.tolist() == [60.0, 180.0, 60.0]
+    assert got.bound_by.tolist() == want.bound_by.tolist()

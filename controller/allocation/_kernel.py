@@ -325,7 +325,9 @@ def _solve_tree(nn, ng, par, room, gk, cap, mn, st, w, pr, code, x, bound, gorde
         q = pr[cand[p]]
         pmin = q if (p == 0 or q < pmin) else pmin
         pmax = q if (p == 0 or q > pmax) else pmax
-    span = pmax - pmin + 1
+    # (pmax - pmin could overflow int64 for class numbers near both ends of its range: the
+    # difference is taken in floats first, exact enough to tell "small" from "far apart")
+    span = pmax - pmin + 1 if float(pmax) - float(pmin) < 1e15 else 65
     if m > 0 and span <= 64:
         for c in range(span + 1):
             ccount[c] = 0
