@@ -20,3 +20,13 @@ if os.environ.get("CI") == "true":
 @pytest.fixture
 def examples() -> Path:
     return EXAMPLES
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _allocation_kernel_compiled():
+    """Compile the allocation kernel (or load numba's cache) before any test runs: on a
+    fresh clone the first compile takes ~10 s, which must not fall inside a test that waits
+    for a pile with a timeout."""
+    from controller.allocation import warm_up
+
+    warm_up()
