@@ -242,7 +242,6 @@ def main() -> None:
 
     med_a = rounds([floor_row] + numba_rows)
     med_b = rounds([floor_row] + numpy_rows)
-    t_floor = med_a[floor_row[0]]
     t_core = med_a["numba: allocate(validate=True)"]
     print(f"{'what':44s} {'ms/batch':>9s} {'ns/gun':>8s} {'x floor':>8s}")
     for med, names in ((med_a, [floor_row[0]] + [r[0] for r in numba_rows]),

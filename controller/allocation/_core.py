@@ -650,7 +650,6 @@ def allocate_numpy(problem: AllocationProblem, *, validate: bool = True) -> Allo
     a = _arrays(problem)
     tree = _validate(a) if validate else None
     n_g = a["gun_node"].shape[0]
-    n_n = a["node_parent"].shape[0]
     setpoint = np.zeros(n_g)
     bound_by = np.full(n_g, BOUND_ASK, np.int64)
     if n_g == 0:
