@@ -374,3 +374,22 @@ def test_class_numbers_at_both_ends_of_int64():
     want = allocate(problem(priority=np.array([1, 0, 1])))
     assert got.setpoint_kw.tolist() == want.setpoint_kw.tolist() == [60.0, 180.0, 60.0]
     assert got.bound_by.tolist() == want.bound_by.tolist()
+
+
+def test_read_only_or_strided_input_does_not_compile_a_second_kernel(backend):
+    """numba compiles one kernel per array type; allocate hands it the one type it was
+    warmed up with, whatever the caller's arrays are (read-only, strided, int32, float32)."""
+    if backend != "numba":
+        return
+    from controller.allocation import _kernel, warm_up
+
+    warm_up()
+    before = len(_kernel._solve_range.signatures)
+    p = problem()
+    ro = {f: getattr(p, f).copy() for f in ("upper_kw", "ask_kw", "node_limit_kw")}
+    for a in ro.values():
+        a.flags.writeable = False
+    odd = AllocationProblem(**{**p.__dict__, **ro, "weight": np.ones(6)[::2],
+                               "gun_node": p.gun_node.astype(np.int32), "min_kw": p.min_kw.astype(np.float32)})
+    assert allocate(odd).setpoint_kw.tolist() == allocate(p).setpoint_kw.tolist()
+    assert len(_kernel._solve_range.signatures) == before

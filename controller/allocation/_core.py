@@ -976,8 +976,11 @@ def allocate(problem: AllocationProblem, *, validate: bool = True, backend: str 
     a = _arrays(problem)
     if validate and not _shapes_and_types_ok(a):
         _validate(a)  # raises, naming the field
-    i64 = lambda v: np.ascontiguousarray(v, np.int64)  # noqa: E731 (no copy when already so)
-    f64 = lambda v: np.ascontiguousarray(v, np.float64)  # noqa: E731
+    # Contiguous, native int64 / float64 and writeable (copies only when an array is not so
+    # already): numba compiles one kernel per array type, and a read-only or strided array
+    # would cost a second ~10 s compile. The kernel never writes into its inputs.
+    i64 = lambda v: np.require(v, np.int64, "CW")  # noqa: E731
+    f64 = lambda v: np.require(v, np.float64, "CW")  # noqa: E731
     gun_node, prio, parent = i64(a["gun_node"]), i64(a["priority"]), i64(a["node_parent"])
     upper, mn, ask, w = f64(a["upper_kw"]), f64(a["min_kw"]), f64(a["ask_kw"]), f64(a["weight"])
     limit = f64(a["node_limit_kw"])

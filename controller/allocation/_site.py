@@ -120,8 +120,8 @@ class _SiteTopology:
         self.parent = np.array(parent, np.int64)
         self.limit = np.array([n.limit_kw for n in nodes], float)
         self.step = np.array([n.step_kw for n in nodes], float)
-        for a in (self.parent, self.limit, self.step):
-            a.flags.writeable = False  # shared by every call with these nodes
+        # (shared by every call with these nodes; allocate never writes into its inputs. Not
+        # marked read-only: numba compiles a second kernel for read-only arrays.)
 
 
 _SITE_CACHE: list = []
