@@ -30,3 +30,17 @@ def _allocation_kernel_compiled():
     from controller.allocation import warm_up
 
     warm_up()
+
+
+@pytest.fixture(scope="module", params=["numba", "numpy"])
+def backend(request):
+    """The allocation backend a module's tests run on: once for each this installation has
+    (a module opts in with ``pytestmark = pytest.mark.usefixtures("backend")``)."""
+    from controller.allocation import BACKENDS, _core
+
+    if request.param not in BACKENDS:
+        pytest.skip(f"allocation backend {request.param!r} does not import here")
+    saved = _core.DEFAULT_BACKEND
+    _core.DEFAULT_BACKEND = request.param
+    yield request.param
+    _core.DEFAULT_BACKEND = saved

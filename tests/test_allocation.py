@@ -21,15 +21,8 @@ from controller.allocation import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module", params=BACKENDS)
-def backend(request):
-    """Every table here holds for every backend this installation has (numba, numpy)."""
-    from controller.allocation import _core
-
-    saved = _core.DEFAULT_BACKEND
-    _core.DEFAULT_BACKEND = request.param
-    yield request.param
-    _core.DEFAULT_BACKEND = saved
+# Every table here holds for every backend this installation has (conftest.py: backend).
+pytestmark = pytest.mark.usefixtures("backend")
 
 
 def problem(**kw) -> AllocationProblem:

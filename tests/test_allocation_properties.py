@@ -25,15 +25,8 @@ except ImportError:  # pragma: no cover
 
 
 
-@pytest.fixture(autouse=True, scope="module", params=BACKENDS)
-def backend(request):
-    """Every property here holds for every backend this installation has (numba, numpy)."""
-    from controller.allocation import _core
-
-    saved = _core.DEFAULT_BACKEND
-    _core.DEFAULT_BACKEND = request.param
-    yield request.param
-    _core.DEFAULT_BACKEND = saved
+# Every property here holds for every backend this installation has (conftest.py: backend).
+pytestmark = pytest.mark.usefixtures("backend")
 
 
 DEFAULT = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
